@@ -1,0 +1,54 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from hf_models import FAMILIES, make_hf_model, make_tokenizer  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--real", action="store_true", help="run tests on the real Qwen2.5-Coder pair (downloads it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--real"):
+        return
+    skip = pytest.mark.skip(reason="real-model test: run with --real")
+    for item in items:
+        if "real" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory):
+    """{family: directory} of tiny random HF models (with a tokenizer), built once."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for fam in FAMILIES:
+        d = str(root / fam)
+        make_hf_model(fam, d)
+        make_tokenizer(d)
+        out[fam] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_models(hf_dirs):
+    import transformers
+
+    return {f: transformers.AutoModelForCausalLM.from_pretrained(d).eval() for f, d in hf_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny(hf_dirs):
+    """{family: viasd Model} loaded through our converter."""
+    import viasd_jax
+
+    return {f: viasd_jax.load(d) for f, d in hf_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def qwen(tiny):
+    return tiny["qwen2"]

@@ -1,0 +1,42 @@
+"""The `viasd` command line: it works, and bad input is one line and a non-zero exit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from viasd_jax.cli import main
+
+
+def test_convert_then_generate(hf_dirs, tmp_path, capsys):
+    out = str(tmp_path / "ckpt")
+    assert main(["convert", hf_dirs["llama"], out]) == 0
+    assert os.path.isfile(os.path.join(out, "viasd.json"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "w5 w6"}) + "\n" + json.dumps({"prompt": "w9"}) + "\n")
+    assert main(["generate", "--target", out, "--prompts", str(prompts), "--max-new-tokens", "6"]) == 0
+    captured = capsys.readouterr()
+    assert "--- prompt 1 ---" in captured.out
+    assert "tokens/s" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--target", "/no/such/dir", "--prompt", "x"], "no such file or directory"),
+    (["convert", "/no/such/dir", "/tmp/out"], "no such file or directory"),
+    (["generate", "--target", "HF", "--prompt", "x", "--top-p", "2"], "top_p must be in"),
+    (["generate", "--target", "HF", "--prompt", "x", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "--target", "HF"], "no prompt"),
+    (["generate", "--target", "HF", "--prompts", "/no/file.jsonl"], "no such prompts file"),
+])
+def test_bad_input_is_one_line(hf_dirs, capsys, argv, message):
+    argv = [hf_dirs["llama"] if a == "HF" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("viasd ")
+
+
+def test_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "viasd_jax.cli", "generate", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--max-new-tokens" in out.stdout

@@ -1,0 +1,60 @@
+"""KV cache: a fixed-size pytree, one slot per position, lengths kept per row.
+
+Slot `s` of row `b` holds the key/value of the token at position `s`. A forward
+writes its T new tokens at the positions it is given (each row at its own
+offset) and reads every slot `<=` the query's position. `lengths[b]` is the
+number of leading slots that are exact for the full model (the "full
+frontier" `f` of via-sd.md); slots past it may hold provisional or stale values
+that the next writes overwrite, so rolling back is just moving `lengths`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from viasd_jax.config import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    k: jax.Array  # [L, B, G, S, K]
+    v: jax.Array  # [L, B, G, S, K]
+    lengths: jax.Array  # [B] int32: exact slots per row
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        lengths=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
+def write_layer(
+    cache_kv: jax.Array,  # [L, B, G, S, K]
+    layer: jax.Array,  # scalar int
+    new: jax.Array,  # [B, T, G, K]
+    positions: jax.Array,  # [B, T]; negative = padding, not written
+) -> jax.Array:
+    """Scatter T new entries of one layer into their slots; padding is dropped."""
+    max_len = cache_kv.shape[3]
+    slots = jnp.where(positions < 0, max_len, positions)  # out of range -> dropped
+    batch = jnp.arange(new.shape[0])[:, None]
+    return cache_kv.at[layer, batch, :, slots, :].set(new.astype(cache_kv.dtype), mode="drop")
+
+
+def with_lengths(cache: KVCache, lengths: jax.Array) -> KVCache:
+    return dataclasses.replace(cache, lengths=lengths.astype(jnp.int32))

@@ -1,0 +1,112 @@
+"""`Model` (config, params, tokenizer, route, special tokens) and `load(path)`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from viasd_jax.config import ModelConfig
+from viasd_jax.params import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A loaded model. `route` holds the kept layers of a calibrated route, or None."""
+
+    config: ModelConfig
+    params: Params
+    tokenizer: Any = None
+    route: tuple[int, ...] | None = None
+    eos_ids: tuple[int, ...] = ()
+    bos_id: int | None = None
+    pad_id: int = 0
+    path: str | None = None
+
+    @property
+    def dtype(self):
+        return self.params.embed.dtype
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Model({c.architecture}, layers={c.num_layers}, hidden={c.hidden_size}, vocab={c.vocab_size}, "
+                f"dtype={jnp.dtype(self.dtype).name}, path={self.path!r})")
+
+
+def _tokenizer(directory: str):
+    """The directory's tokenizer, or None. A generic fast tokenizer declared in
+    tokenizer_config.json is loaded as declared (AutoTokenizer would substitute
+    the model family's own class when a config.json sits beside it)."""
+    cfg_path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(os.path.join(directory, "tokenizer.json")) and not os.path.isfile(cfg_path):
+        return None
+    import transformers
+
+    declared = None
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            declared = json.load(f).get("tokenizer_class")
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return transformers.PreTrainedTokenizerFast.from_pretrained(directory)
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+def _to_device(params: Params, dtype) -> Params:
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
+
+
+def load(path: str, dtype=None, verify: bool = True) -> Model:
+    """Load a model from a viasd-jax checkpoint, a Hugging Face directory or a .gguf file.
+
+    `path` may also name a default model (see `viasd_jax.fetch.MODELS`), fetched
+    and converted on first use. `dtype` ("float32", "bfloat16") casts the params;
+    None keeps the checkpoint's. `verify` checks a viasd checkpoint's content hash.
+    """
+    import checkpoints_convert as cc
+    from checkpoints_convert.hf import resolve_dtype
+    from viasd_jax import fetch
+
+    if not os.path.exists(path) and path in fetch.MODELS:
+        path = fetch.ensure_model(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory (expected a checkpoint directory or .gguf file)")
+    target_dtype = None if dtype is None else resolve_dtype(dtype)
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise ValueError(f"{path}: a file must be a .gguf; otherwise pass a checkpoint directory")
+        from checkpoints_convert.gguf import gguf_to_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_dir = gguf_to_hf(path, os.path.join(tmp, "hf"))
+            return dataclasses.replace(load(hf_dir, dtype=dtype), path=path)
+    if cc.is_checkpoint(path):
+        cfg, params, manifest = cc.restore(path, verify=verify)
+        meta = manifest
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        cfg, params, hf_config = cc.load_hf_checkpoint(path, dtype=target_dtype)
+        meta = cc.special_tokens(path, hf_config)
+    else:
+        raise FileNotFoundError(f"{path}: neither a viasd-jax checkpoint (viasd.json) nor a Hugging Face directory (config.json)")
+    params = _to_device(params, target_dtype or params.embed.dtype)
+    route = meta.get("route")
+    kept = tuple(route["kept_layers"]) if isinstance(route, dict) else (tuple(route) if route else None)
+    return Model(
+        config=cfg,
+        params=params,
+        tokenizer=_tokenizer(path),
+        route=kept,
+        eos_ids=tuple(meta.get("eos_ids", ())),
+        bos_id=meta.get("bos_id"),
+        pad_id=int(meta.get("pad_id", 0)),
+        path=os.path.abspath(path),
+    )
+
+
+def model_from_params(cfg: ModelConfig, params: Params, tokenizer=None, eos_ids=(), **kw) -> Model:
+    """Wrap params built in memory (tests, notebooks) as a `Model`."""
+    return Model(config=cfg, params=params, tokenizer=tokenizer, eos_ids=tuple(eos_ids), **kw)

@@ -1,0 +1,165 @@
+"""The decoder forward: tokens at given positions through a routed layer stack.
+
+`forward` runs any subset of the layers (a boolean `keep` mask, a runtime array),
+so the full model, the slim verifier and a self-drafter all share one compiled
+function per window width. A skipped layer is the identity on the residual
+stream and its branch of `lax.cond` touches neither its weights nor its cache.
+
+Dimension letters: B batch, T new tokens, S cache slots, D hidden, N query heads,
+G kv heads, R query heads per kv head, K head dim, F mlp hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from viasd_jax.cache import KVCache, write_layer
+from viasd_jax.config import ModelConfig
+from viasd_jax.params import Params
+
+_MASKED = -1e30
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies `[K/2]` (float32), with Llama 3 scaling when configured."""
+    k = cfg.head_dim
+    inv = 1.0 / (cfg.rope.theta ** (np.arange(0, k, 2, dtype=np.float64) / k))
+    if cfg.rope.kind == "llama3":
+        r = cfg.rope
+        low_wavelen = r.original_max_position / r.low_freq_factor
+        high_wavelen = r.original_max_position / r.high_freq_factor
+        wavelen = 2 * np.pi / inv
+        smooth = (r.original_max_position / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor)
+        scaled = np.where(wavelen > low_wavelen, inv / r.factor, inv)
+        mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = np.where(mid, (1 - smooth) * scaled / r.factor + smooth * scaled, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate `x [B, T, H, K]` by `positions [B, T]` (half-split convention of HF)."""
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, K/2]
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, cfg: ModelConfig) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    if cfg.norm_offset:
+        return (y * (cfg.norm_offset + weight.astype(jnp.float32))).astype(x.dtype)
+    return y.astype(x.dtype) * weight
+
+
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+    return jnp.tanh(x / cap) * cap if cap else x
+
+
+def attention_mask(positions: jax.Array, max_len: int, window: jax.Array) -> jax.Array:
+    """`[B, T, S]`: slot s is visible to a query at position p iff p-window < s <= p.
+
+    `window` is a scalar, 0 for full attention. Padding queries (p < 0) see nothing.
+    """
+    slots = jnp.arange(max_len)[None, None, :]
+    pos = positions[:, :, None]
+    visible = slots <= pos
+    return visible & ((window <= 0) | (slots > pos - window))
+
+
+def _attention(cfg: ModelConfig, q, k_all, v_all, mask):
+    """q `[B, T, N, K]`, k/v `[B, G, S, K]`, mask `[B, T, S]` -> `[B, T, N, K]`."""
+    b, t, _, kd = q.shape
+    q = q.reshape(b, t, cfg.num_kv_heads, cfg.heads_per_kv, kd)
+    scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_all, preferred_element_type=jnp.float32)
+    scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
+    out = jnp.einsum("bgrts,bgsk->btgrk", probs, v_all)
+    return out.reshape(b, t, cfg.num_heads, kd)
+
+
+def _mlp(cfg: ModelConfig, h, w_gate, w_up, w_down):
+    gate = jnp.einsum("btd,df->btf", h, w_gate)
+    up = jnp.einsum("btd,df->btf", h, w_up)
+    act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    return jnp.einsum("btf,fd->btd", act * up, w_down)
+
+
+def _layer(cfg, layers, idx, window, x, cache_k, cache_v, positions, inv_freq):
+    """One transformer block at layer `idx`; returns the new residual and caches."""
+    lp = jax.tree.map(lambda w: w[idx], layers)
+    h = rms_norm(x, lp.attn_norm, cfg)
+    q = jnp.einsum("btd,dnk->btnk", h, lp.wq)
+    k = jnp.einsum("btd,dgk->btgk", h, lp.wk)
+    v = jnp.einsum("btd,dgk->btgk", h, lp.wv)
+    if cfg.qkv_bias:
+        q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    cache_k = write_layer(cache_k, idx, k, positions)
+    cache_v = write_layer(cache_v, idx, v, positions)
+    mask = attention_mask(positions, cache_k.shape[3], window)
+    attn = _attention(cfg, q, cache_k[idx], cache_v[idx], mask)
+    o = jnp.einsum("btnk,nkd->btd", attn, lp.wo)
+    if cfg.out_bias:
+        o = o + lp.bo
+    if cfg.post_norms:
+        o = rms_norm(o, lp.post_attn_norm, cfg)
+    x = x + o
+    m = _mlp(cfg, rms_norm(x, lp.mlp_norm, cfg), lp.w_gate, lp.w_up, lp.w_down)
+    if cfg.post_norms:
+        m = rms_norm(m, lp.post_mlp_norm, cfg)
+    return x + m, cache_k, cache_v
+
+
+def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+    x = jnp.take(params.embed, tokens, axis=0)
+    if cfg.embed_scale != 1.0:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
+    return x
+
+
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,  # [B, T] int32
+    positions: jax.Array,  # [B, T] int32; negative marks padding
+    cache: KVCache,
+    keep: jax.Array | None = None,  # [L] bool: layers to run; None = all
+) -> tuple[jax.Array, KVCache]:
+    """Run the (routed) layer stack; returns final-normed hidden states `[B, T, D]`.
+
+    K/V of the new tokens are written into `cache` at `positions` for every kept
+    layer; `cache.lengths` is left to the caller. Call `logits` on the result.
+    """
+    if keep is None:
+        keep = jnp.ones((cfg.num_layers,), bool)
+    inv_freq = rope_inv_freq(cfg)
+    windows = jnp.asarray(cfg.layer_windows, jnp.int32)
+    x = embed(params, cfg, tokens)
+
+    def body(carry, xs):
+        idx, keep_layer, window = xs
+
+        def run(c):
+            return _layer(cfg, params.layers, idx, window, *c, positions, inv_freq)
+
+        return jax.lax.cond(keep_layer, run, lambda c: c, carry), None
+
+    xs = (jnp.arange(cfg.num_layers), keep, windows)
+    (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
+    x = rms_norm(x, params.final_norm, cfg)
+    return x, KVCache(k=k, v=v, lengths=cache.lengths)
+
+
+def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """LM head: hidden `[..., D]` -> float32 logits `[..., V]` (soft-capped if configured)."""
+    if params.lm_head is None:
+        out = jnp.einsum("...d,vd->...v", hidden, params.embed, preferred_element_type=jnp.float32)
+    else:
+        out = jnp.einsum("...d,dv->...v", hidden, params.lm_head, preferred_element_type=jnp.float32)
+    return _softcap(out, cfg.final_softcap)

@@ -1,0 +1,76 @@
+"""Logits -> token distributions: temperature, top-k, top-p, applied identically everywhere.
+
+Every distribution the engine compares (drafter, slim verifier, full model) goes
+through `log_probs`, so the lossless tests hold with any filtering. Settings are
+runtime arrays (`SamplingParams`), never compile-time constants: changing the
+temperature or top-p does not recompile.
+
+Greedy decoding is `temperature == 0`: tokens are the argmax, and the
+distributions used for tier confidences are taken at temperature 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: jax.Array  # [] float32; 0 = greedy
+    top_k: jax.Array  # [] int32; 0 = no top-k
+    top_p: jax.Array  # [] float32; 1 = no top-p
+
+    @staticmethod
+    def make(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> "SamplingParams":
+        validate(temperature, top_k, top_p)
+        return SamplingParams(
+            jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32)
+        )
+
+
+def validate(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _filter(x: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Mask (to -inf) what top-k then top-p remove from scaled logits `x [..., V]`."""
+    vocab = x.shape[-1]
+    desc = -jnp.sort(-x, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(desc, jnp.broadcast_to(k - 1, desc.shape[:-1] + (1,)), axis=-1)
+    desc = jnp.where(desc < kth, -jnp.inf, desc)
+    p_desc = jax.nn.softmax(desc, axis=-1)
+    # keep a token while the mass of the tokens before it is below top_p (always keeps one)
+    kept = (jnp.cumsum(p_desc, axis=-1) - p_desc) < top_p
+    last = jnp.sum(kept, axis=-1, keepdims=True) - 1
+    threshold = jnp.maximum(jnp.take_along_axis(desc, last, axis=-1), kth)
+    return jnp.where(x < threshold, -jnp.inf, x)
+
+
+def log_probs(logits: jax.Array, sp: SamplingParams) -> jax.Array:
+    """Normalized log-probabilities `[..., V]` after temperature, top-k and top-p."""
+    logits = logits.astype(jnp.float32)
+    t = jnp.where(sp.temperature > 0, sp.temperature, 1.0)
+    x = logits / t
+    needs_filter = (sp.top_k > 0) | (sp.top_p < 1.0)
+    x = jax.lax.cond(needs_filter, lambda y: _filter(y, sp.top_k, sp.top_p), lambda y: y, x)
+    return jax.nn.log_softmax(x, axis=-1)
+
+
+def is_greedy(sp: SamplingParams) -> jax.Array:
+    return sp.temperature <= 0
+
+
+def pick(key: jax.Array, logp: jax.Array, sp: SamplingParams) -> jax.Array:
+    """A token per row of `logp [..., V]`: argmax when greedy, else a sample."""
+    sampled = jax.random.categorical(key, logp, axis=-1)
+    return jnp.where(is_greedy(sp), jnp.argmax(logp, axis=-1), sampled).astype(jnp.int32)
