@@ -42,15 +42,47 @@ def cmd_convert(args) -> None:
     print(f"wrote {out}")
 
 
+def parse_route(text: str | None):
+    """`--route`: comma-separated layer indices, or a route.json file (see `viasd calibrate`)."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        with open(text) as f:
+            data = json.load(f)
+        return data["kept_layers"] if isinstance(data, dict) else data
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
+
+
+def load_drafter(spec: str | None, dtype=None):
+    import viasd_jax
+
+    if spec in (None, "self", "lookup"):
+        return spec
+    return viasd_jax.load(spec, dtype=dtype)
+
+
 def cmd_generate(args) -> None:
     import viasd_jax
 
     prompts = _read_prompts(args)
     target = viasd_jax.load(args.target, dtype=args.dtype)
+    drafter = load_drafter(args.drafter, args.dtype)
+    mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
         prompts,
-        mode=args.mode,
+        drafter=drafter,
+        mode=mode,
+        gamma=args.gamma,
+        route=parse_route(args.route),
+        self_route=parse_route(args.self_route),
+        tau_accept=args.tau_accept,
+        tau_slim=args.tau_slim,
+        lossless=args.lossless,
+        pending_bound=args.pending_bound,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -65,10 +97,36 @@ def cmd_generate(args) -> None:
         print(text)
     s = result.stats
     print(
-        f"\n[{args.mode}] {s['new_tokens']} new tokens in {result.seconds - result.compile_seconds:.2f} s: "
+        f"\n[{mode}] {s['new_tokens']} new tokens in {result.seconds - result.compile_seconds:.2f} s: "
         f"{result.tokens_per_second:.2f} tokens/s (compile {result.compile_seconds:.1f} s, not counted)",
         file=sys.stderr,
     )
+    if mode != "ar":
+        print(
+            f"drafted {s['drafted']}, rejected {s['rejected']} (rate {s['rejection_rate']:.2f}); "
+            f"tier A {s['tier_a']}, tier B {s['tier_b']}, tier C {s['tier_c']}; rounds {s['rounds']}, "
+            f"slim passes {s['slim_passes']}, full passes {s['full_passes']}, rollbacks {s['rollbacks']}",
+            file=sys.stderr,
+        )
+
+
+def cmd_bench(args) -> None:
+    from viasd_jax.bench.report import markdown_summary
+    from viasd_jax.bench.runner import run_bench
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    options = {"temperature": args.temperature, "seed": args.seed}
+    report = run_bench(args.target, args.prompts, systems, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                       limit=args.limit, options=options)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    table = markdown_summary(report)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    print(table)
+    print(f"wrote {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text and print tokens/s")
     g.add_argument("--target", default=fetch.DEFAULT_TARGET,
                    help=f"checkpoint dir, .gguf, or a default model name ({', '.join(fetch.MODELS)})")
-    g.add_argument("--mode", default="ar", choices=["ar"], help="decoding mode")
+    g.add_argument("--mode", choices=["ar", "sd", "via"], help="decoding mode (default: via with a drafter, else ar)")
+    g.add_argument("--drafter", help="drafter checkpoint/.gguf/default name, or 'self' or 'lookup'")
+    g.add_argument("--gamma", type=int, default=4, help="drafts per round")
+    g.add_argument("--route", help="slim verifier's kept layers: '0,1,5,...' or route.json")
+    g.add_argument("--self-route", help="the self-drafter's kept layers (with --drafter self)")
+    g.add_argument("--tau-accept", type=float, default=0.9, help="tier A threshold on the slim prob of the draft")
+    g.add_argument("--tau-slim", type=float, default=0.6, help="tier B threshold on the slim verifier's confidence")
+    g.add_argument("--lossless", action="store_true", help="re-check cheap-tier tokens with the full model")
+    g.add_argument("--pending-bound", type=int, default=None, help="most unverified tokens per row (default gamma)")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable)")
     g.add_argument("--prompts", help="jsonl file with a 'prompt' field per line")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -97,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="compare decoding systems on a prompt set (speed and agreement)")
+    b.add_argument("--target", default=fetch.DEFAULT_TARGET)
+    b.add_argument("--prompts", required=True, help="jsonl with task, id, prompt, reference")
+    b.add_argument("--systems", default="viasd-ar,hf-ar", help="comma-separated systems")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", required=True, help="write the full report here")
+    b.add_argument("--markdown", help="also write the summary table here")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

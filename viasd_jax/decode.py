@@ -1,10 +1,17 @@
-"""Decode state, prefill and the jitted `lax.while_loop` over rounds.
+"""The VIA-SD round (`decode_step`), prefill, and the jitted `lax.while_loop` over rounds.
 
 Per row the state keeps committed tokens `tokens[:n]`; the target's KV cache is
-exact for positions `< f = cache.lengths`, and `f <= n - 1`: the last committed
-token is always fed by the next round. So a round always runs the model over the
-window `tokens[f:n]` (plus drafts), and prefill is the same thing for the prompt
-minus its last token.
+exact for positions `< f = cache.lengths` and `f <= n - 1`: the last committed
+token is always fed by the next pass. Positions `f+1 .. n-1` are *pending*:
+committed by a cheap tier, not yet run through the full model (in lossless mode
+they are provisional until the full pass re-checks them).
+
+One round (via-sd.md): draft gamma tokens; in `via` mode run the slim verifier
+over `[x_f..x_{n-1}, drafts]` and settle drafts by tiers A/B/C; run the full model
+(under `lax.cond`, only when some row needs it) over `[x_f.., committed, escalated]`
+and verify losslessly; commit, roll the drafter back by its length pointer, update
+done flags and counters. `ar` and `sd` are the same round with no drafts / no
+slim pass. Everything is fixed-shape; thresholds and sampling are arrays.
 """
 
 from __future__ import annotations
@@ -16,35 +23,102 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from viasd_jax import drafters as DR
 from viasd_jax import model as M
 from viasd_jax.cache import KVCache, with_lengths
 from viasd_jax.config import ModelConfig
 from viasd_jax.params import Params
-from viasd_jax.sampling import SamplingParams, log_probs, pick
+from viasd_jax.sampling import SamplingParams, is_greedy, log_probs, row_keys
 from viasd_jax.stopping import first_stop
+from viasd_jax.verify import TierResult, take, tiers, verify_chain
+from viasd_jax.windows import gather_window, window_positions, write_tokens
 
-COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes", "rounds", "new_tokens")
+MODES = ("ar", "sd", "via")
+COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes", "rounds",
+            "new_tokens", "rollbacks")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Static (compile-time) shape of the engine. Hashable: a `jax.jit` static argument."""
+
+    target: ModelConfig
+    mode: str = "ar"  # ar | sd | via
+    drafter: DR.DrafterSpec | None = None
+    gamma: int = 0  # drafts per round
+    pending_bound: int = 0  # most pending tokens a row may carry without a full pass
+    lossless: bool = False  # via only: re-check pending tokens at the next full pass
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode == "ar":
+            if self.gamma or self.drafter is not None:
+                raise ValueError("mode 'ar' takes no drafter and gamma=0")
+        elif self.gamma < 1 or self.drafter is None:
+            raise ValueError(f"mode {self.mode!r} needs a drafter and gamma >= 1 (got gamma={self.gamma})")
+        if self.pending_bound < 0:
+            raise ValueError(f"pending_bound must be >= 0, got {self.pending_bound}")
+        if self.lossless and self.mode != "via":
+            raise ValueError("lossless=True applies to mode 'via' only (ar and sd are always lossless)")
+
+    @property
+    def slim_width(self) -> int:
+        """Slim window: pending tokens, the last committed token and the drafts."""
+        return self.pending_bound + 1 + self.gamma
+
+    @property
+    def full_width(self) -> int:
+        """Full window: the slim window plus a cheap-tier correction or slim bonus."""
+        return {"ar": 1, "sd": 1 + self.gamma}.get(self.mode, self.pending_bound + self.gamma + 2)
+
+    @property
+    def ring(self) -> int:
+        """Slots of the lossless pending-distribution ring (indexed by position mod ring)."""
+        return self.full_width + 1
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EngineParams:
+    """Runtime inputs of a round: weights, routes, thresholds, sampling, stops."""
+
+    target: Params
+    drafter: Params | None  # a separate drafter's weights; None for self / lookup / ar
+    slim_keep: jax.Array  # [L] bool: the slim verifier's route
+    draft_keep: jax.Array  # [L_d] bool: the drafter's layers (a route of the target for "self")
+    sampling: SamplingParams
+    tau_accept: jax.Array  # [] float32
+    tau_slim: jax.Array  # [] float32
+    stops: jax.Array  # [Q, M] int32 stop sequences (see stopping.py)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DecodeState:
-    tokens: jax.Array  # [B, S] int32: prompt then generated tokens, pad after n
+    tokens: jax.Array  # [B, S] int32: prompt, committed tokens, scratch after n
     n: jax.Array  # [B] int32: committed tokens
     prompt_len: jax.Array  # [B] int32
-    max_n: jax.Array  # [B] int32: the row is done when n reaches it
+    max_n: jax.Array  # [B] int32: a row is done once n reaches it
     done: jax.Array  # [B] bool
     cache: KVCache  # target cache; cache.lengths = f (exact frontier)
-    key: jax.Array  # PRNG key
+    draft_cache: KVCache | None  # drafter cache (model / self drafters)
+    pending_logp: jax.Array | None  # [B, ring, V]: lossless only, what each pending token was drawn from
+    key: jax.Array  # [B] PRNG keys, one stream per row
     counters: dict  # name -> [B] int32, names in COUNTERS
 
 
-def init_state(tokens, prompt_len, max_new_tokens: int, cache: KVCache, seed: int) -> DecodeState:
-    """State before prefill. `tokens [B, S]` holds the prompts, padded. Every leaf
-    is a distinct buffer, so the whole state can be donated."""
+def init_state(config: EngineConfig, tokens, prompt_len, max_new_tokens: int, cache: KVCache,
+               draft_cache: KVCache | None, seeds) -> DecodeState:
+    """State before prefill. `tokens [B, S]` holds the padded prompts; `seeds` is one
+    seed per row (a row's draws depend only on its seed). Every leaf is a distinct
+    buffer, so the whole state can be donated."""
     b, s = tokens.shape
     prompt_len = np.asarray(prompt_len, np.int32)
     max_n = np.minimum(prompt_len + max_new_tokens, s).astype(np.int32)
+    pending = None
+    if config.lossless:
+        pending = jnp.zeros((b, config.ring, config.target.vocab_size), jnp.float32)
     return DecodeState(
         tokens=jnp.asarray(tokens, jnp.int32),
         n=jnp.asarray(prompt_len),
@@ -52,58 +126,202 @@ def init_state(tokens, prompt_len, max_new_tokens: int, cache: KVCache, seed: in
         max_n=jnp.asarray(max_n),
         done=jnp.asarray(prompt_len >= max_n),
         cache=cache,
-        key=jax.random.key(seed),
+        draft_cache=draft_cache,
+        pending_logp=pending,
+        key=jax.vmap(jax.random.key)(jnp.asarray(np.broadcast_to(seeds, (b,)), jnp.uint32)),
         counters={name: jnp.asarray(np.zeros(b, np.int32)) for name in COUNTERS},
     )
 
 
-def window_positions(start, count, width: int):
-    """Positions `[B, width]`: start + t for t < count, -1 (padding) after."""
-    t = jnp.arange(width)[None, :]
-    return jnp.where(t < count[:, None], start[:, None] + t, -1)
+def _drafter_model(params: EngineParams, config: EngineConfig):
+    spec = config.drafter
+    return (params.drafter, spec.cfg) if spec.kind == "model" else (params.target, config.target)
 
 
-def gather_window(tokens, start, width: int):
-    """`tokens[b, start_b : start_b + width]` as `[B, width]` (clamped at the end)."""
-    idx = jnp.clip(start[:, None] + jnp.arange(width)[None, :], 0, tokens.shape[1] - 1)
-    return jnp.take_along_axis(tokens, idx, axis=1)
-
-
-def prefill(params: Params, cfg: ModelConfig, state: DecodeState, width: int) -> DecodeState:
-    """Fill the cache with every prompt token but the last: afterwards f = n - 1."""
+def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, width: int) -> DecodeState:
+    """Feed every prompt token but the last to the target (and a model drafter)."""
     count = jnp.maximum(state.prompt_len - 1, 0)
-    tokens = state.tokens[:, :width]
-    _, cache = M.forward(params, cfg, tokens, window_positions(jnp.zeros_like(count), count, width), state.cache)
-    return dataclasses.replace(state, cache=with_lengths(cache, count))
+    window = state.tokens[:, :width]
+    pos = window_positions(jnp.zeros_like(count), count, width)
+    _, cache = M.forward(params.target, config.target, window, pos, state.cache)
+    draft_cache = state.draft_cache
+    if draft_cache is not None:
+        d_params, d_cfg = _drafter_model(params, config)
+        _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_keep)
+        draft_cache = with_lengths(draft_cache, count)
+    return dataclasses.replace(state, cache=with_lengths(cache, count), draft_cache=draft_cache)
 
 
-def _bump(counters: dict, **inc) -> dict:
-    return {k: v + inc[k].astype(jnp.int32) if k in inc else v for k, v in counters.items()}
+def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, live):
+    """(drafts [B, G], draft log-dists [B, G, V], valid count [B], drafter cache)."""
+    spec, g = config.drafter, config.gamma
+    if spec.kind == "lookup":
+        drafts, logp, count = DR.propose_lookup(state.tokens, state.n, g, spec.ngram, config.target.vocab_size)
+        return drafts, logp, jnp.where(live, count, 0), None
+    d_params, _ = _drafter_model(params, config)
+    drafts, logp, cache = DR.propose_model(spec, g, d_params, params.draft_keep, params.sampling, key,
+                                           state.tokens, state.n, live, state.draft_cache)
+    return drafts, logp, jnp.where(live, g, 0), cache
 
 
-def ar_step(state: DecodeState, params: Params, cfg: ModelConfig, sp: SamplingParams, stops) -> DecodeState:
-    """One round of plain decoding: feed tokens[n-1], append one token."""
+def _slim_pass(tokens, f, n, n_draft, live, cache, params: EngineParams, config: EngineConfig):
+    """Slim verifier over `[x_f..x_{n-1}, drafts]`: log-dists `[B, G+1, V]` for each draft
+    and the position after them; writes provisional K/V of its kept layers."""
+    width, cfg = config.slim_width, config.target
+    count = jnp.where(live, n - f + n_draft, 0)
+    window = gather_window(tokens, f, width)
+    hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), cache, params.slim_keep)
+    idx = jnp.clip((n - 1 - f)[:, None] + jnp.arange(config.gamma + 1)[None, :], 0, width - 1)
+    hidden = jnp.take_along_axis(hidden, idx[:, :, None], axis=1)
+    return log_probs(M.logits(params.target, cfg, hidden), params.sampling), cache
+
+
+def _effective(tr: TierResult, draft_logp, slim_logp, n_draft):
+    """Lossless: what each position n+i (i <= G) committed this round was drawn from."""
+    g = draft_logp.shape[1]
+    i = jnp.arange(g + 1)[None, :]
+    as_drafted = tr.escalate[:, None] & (i >= tr.settled[:, None])
+    p_ext = jnp.concatenate([draft_logp, slim_logp[:, g:]], axis=1)
+    eff = jnp.where(as_drafted[..., None], p_ext, tr.effective)
+    return jnp.where((i == n_draft[:, None])[..., None], slim_logp, eff)
+
+
+def _full_pass(key, tokens, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config):
+    """Full model over `[x_f .. x_{n'-1}, escalated drafts]` for the rows that need it,
+    lossless verification of the chain (escalated drafts; in lossless mode every
+    pending token too), commit. Other rows are untouched, so a row's output never
+    depends on its batch-mates.
+
+    Returns (tokens, cache, new n, accepted chain tokens, pending tokens in the chain).
+    """
+    width, cfg = config.full_width, config.target
+    count = jnp.where(rows, n_cheap - f + escalated, 0)
+    window = gather_window(tokens, f, width)
+    hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), state.cache)
+    start = jnp.ones_like(f) if config.lossless else n_cheap - f  # window index of the chain's first token
+    chain_len = jnp.maximum(count - start, 0)
+    idx = jnp.clip(start[:, None] - 1 + jnp.arange(width + 1)[None, :], 0, width - 1)
+    q = log_probs(M.logits(params.target, cfg, jnp.take_along_axis(hidden, idx[:, :, None], axis=1)),
+                  params.sampling)
+    chain = gather_window(window, start, width)
+    if config.lossless:
+        slots = (f + start)[:, None] + jnp.arange(width)[None, :]
+        chain_logp = jnp.take_along_axis(state.pending_logp, (slots % config.ring)[:, :, None], axis=1)
+        pending_in_chain = chain_len - escalated
+    elif config.gamma:
+        didx = jnp.clip(settled[:, None] + jnp.arange(width)[None, :], 0, config.gamma - 1)
+        chain_logp = jnp.take_along_axis(draft_logp, didx[:, :, None], axis=1)
+        pending_in_chain = jnp.zeros_like(f)
+    else:
+        chain_logp, pending_in_chain = None, jnp.zeros_like(f)
+    accepted, nxt = verify_chain(key, chain, chain_len, q, chain_logp, is_greedy(params.sampling))
+    n_full = jnp.where(rows, f + start + accepted + 1, n_cheap)
+    tokens = write_tokens(tokens, n_full - 1, nxt[:, None], rows.astype(jnp.int32))
+    cache = with_lengths(cache, jnp.where(rows, n_full - 1, f))
+    return tokens, cache, n_full, jnp.where(rows, accepted, 0), jnp.where(rows, pending_in_chain, 0)
+
+
+def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) -> DecodeState:
+    """One VIA-SD round for every live row. Pure and jit-able.
+
+    Driving it yourself (the loop `generate` runs)::
+
+        state = prefill(state, params, config, prefill_width)
+        state = jax.lax.while_loop(lambda s: ~jnp.all(s.done),
+                                   lambda s: decode_step(s, params, config), state)
+    """
     live = ~state.done
-    last = jnp.take_along_axis(state.tokens, (state.n - 1)[:, None], axis=1)
-    pos = jnp.where(live, state.n - 1, -1)[:, None]
-    hidden, cache = M.forward(params, cfg, last, pos, state.cache)
-    key, sub = jax.random.split(state.key)
-    nxt = pick(sub, log_probs(M.logits(params, cfg, hidden[:, 0]), sp), sp)
-    rows = jnp.arange(state.n.shape[0])
-    slot = jnp.where(live, state.n, state.tokens.shape[1])  # out of range: dropped
-    tokens = state.tokens.at[rows, slot].set(nxt, mode="drop")
-    end = jnp.where(live, state.n + 1, state.n)
-    end, stopped = first_stop(tokens, state.n, end, state.prompt_len, stops, width=1)
-    done = state.done | stopped | (end >= state.max_n)
-    counters = _bump(state.counters, rounds=live, full_passes=live, new_tokens=end - state.n)
-    cache = with_lengths(cache, jnp.where(live, state.n, cache.lengths))
-    return DecodeState(tokens, end, state.prompt_len, state.max_n, done, cache, key, counters)
+    key, k_draft, k_tier, k_verify = row_keys(state.key, 4)
+    n, f, tokens = state.n, state.cache.lengths, state.tokens
+    zero = jnp.zeros_like(n)
+    g, via = config.gamma, config.mode == "via"
+    greedy = is_greedy(params.sampling)
+
+    drafts = draft_logp = None
+    n_draft, draft_cache = zero, state.draft_cache
+    if g:
+        drafts, draft_logp, n_draft, draft_cache = _draft(state, params, config, k_draft, live)
+        tokens = write_tokens(tokens, n, drafts, n_draft)
+
+    cache, pending = state.cache, state.pending_logp
+    settled, escalated, tier_a, tier_b = zero, n_draft, zero, zero
+    n_cheap, full_rows = n, live
+    if via:
+        slim_logp, cache = _slim_pass(tokens, f, n, n_draft, live, cache, params, config)
+        tr = tiers(k_tier, drafts, draft_logp, slim_logp, n_draft, params.tau_accept, params.tau_slim, greedy,
+                   with_effective=config.lossless)
+        settled, tier_a, tier_b = tr.settled, tr.tier_a, tr.tier_b
+        corrected = tr.corrected & live
+        tokens = write_tokens(tokens, n + settled, tr.correction[:, None], corrected.astype(jnp.int32))
+        n_cheap = n + settled + corrected
+        escalated = jnp.where(tr.escalate & live, n_draft - settled, 0)
+        bonus_ok = tr.bonus_ok & live
+        needs = (escalated > 0) | ~((n_cheap > n) | bonus_ok) | (n_cheap - f > config.pending_bound)
+        if config.lossless:
+            needs |= _finishing(tokens, f, n_cheap + bonus_ok, state, params, config)
+            slots = (n[:, None] + jnp.arange(g + 1)[None, :]) % config.ring
+            eff = _effective(tr, draft_logp, slim_logp, n_draft)
+            pending = pending.at[jnp.arange(n.shape[0])[:, None], slots].set(eff)
+        full_rows = needs & live
+        use_bonus = bonus_ok & ~full_rows
+        tokens = write_tokens(tokens, n_cheap, tr.bonus[:, None], use_bonus.astype(jnp.int32))
+        n_cheap = n_cheap + use_bonus
+
+    state_for_full = dataclasses.replace(state, cache=cache, pending_logp=pending)
+
+    def full(tokens):
+        return _full_pass(k_verify, tokens, f, n_cheap, escalated, full_rows, draft_logp, settled, state_for_full,
+                          params, config)
+
+    def skip(tokens):
+        return tokens, with_lengths(cache, f), n_cheap, zero, zero
+
+    if via:
+        tokens, cache, n_new, accepted, pending_in_chain = jax.lax.cond(jnp.any(full_rows), full, skip, tokens)
+    else:
+        tokens, cache, n_new, accepted, pending_in_chain = full(tokens)
+    tier_c = jnp.clip(accepted - pending_in_chain, 0, escalated)
+    rollbacks = jnp.maximum(pending_in_chain - accepted, 0)
+
+    # Commit: stops are looked for only among final tokens (lossless: re-checked ones).
+    f_new = cache.lengths
+    final_old, final_new = (f + 1, f_new + 1) if config.lossless else (n, n_new)
+    end, stopped = first_stop(tokens, final_old, final_new, state.prompt_len, params.stops,
+                              width=config.full_width + 1)
+    n_new = jnp.minimum(jnp.where(stopped, end, n_new), state.max_n)
+    n_new = jnp.where(live, n_new, n)
+    f_new = jnp.minimum(f_new, n_new - 1)
+    final = jnp.minimum(f_new + 1, n_new) if config.lossless else n_new
+    done = state.done | (live & (stopped | (final >= state.max_n)))
+    if draft_cache is not None:
+        draft_cache = DR.rollback(draft_cache, drafts, tokens, n, n_new, g)
+    c = state.counters
+    counters = {
+        **c,
+        "drafted": c["drafted"] + n_draft,
+        "tier_a": c["tier_a"] + jnp.where(live, tier_a, 0),
+        "tier_b": c["tier_b"] + jnp.where(live, tier_b, 0),
+        "tier_c": c["tier_c"] + tier_c,
+        "rejected": c["rejected"] + jnp.where(live, n_draft - tier_a - tier_b - tier_c, 0),
+        "rollbacks": c["rollbacks"] + rollbacks,
+        "slim_passes": c["slim_passes"] + (live if via else zero),
+        "full_passes": c["full_passes"] + full_rows,
+        "rounds": c["rounds"] + live,
+        "new_tokens": n_new - state.prompt_len,
+    }
+    return DecodeState(tokens, n_new, state.prompt_len, state.max_n, done, with_lengths(cache, f_new),
+                       draft_cache, pending, key, {k: v.astype(jnp.int32) for k, v in counters.items()})
 
 
-@partial(jax.jit, static_argnames=("cfg", "prefill_width"), donate_argnames=("state",))
-def generate_ar(params: Params, state: DecodeState, sp: SamplingParams, stops, *, cfg: ModelConfig, prefill_width: int):
+def _finishing(tokens, f, n_after, state: DecodeState, params: EngineParams, config: EngineConfig):
+    """Lossless: rows whose pending tokens reach the budget or hold a stop must be
+    re-checked now, so that a row never ends on an unverified token."""
+    _, hit = first_stop(tokens, f + 1, n_after, state.prompt_len, params.stops, width=config.full_width + 1)
+    return (n_after >= state.max_n) | hit
+
+
+@partial(jax.jit, static_argnames=("config", "prefill_width"), donate_argnames=("state",))
+def generate_loop(params: EngineParams, state: DecodeState, *, config: EngineConfig, prefill_width: int):
     """Prefill, then rounds in one `lax.while_loop` until every row is done."""
-    state = prefill(params, cfg, state, prefill_width)
-    return jax.lax.while_loop(
-        lambda s: ~jnp.all(s.done), lambda s: ar_step(s, params, cfg, sp, stops), state
-    )
+    state = prefill(state, params, config, prefill_width)
+    return jax.lax.while_loop(lambda s: ~jnp.all(s.done), lambda s: decode_step(s, params, config), state)

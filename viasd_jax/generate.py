@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from viasd_jax import decode as D
+from viasd_jax import drafters as DR
 from viasd_jax import prompts as P
 from viasd_jax.cache import init_cache
 from viasd_jax.loading import Model
+from viasd_jax.route import default_route, route_mask
 from viasd_jax.sampling import SamplingParams
 from viasd_jax.stopping import stop_array
 
@@ -112,11 +114,60 @@ def plan_lengths(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int |
     return min(width, max_len), max_len
 
 
+def _drafter_spec(target: Model, drafter, ngram: int):
+    """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
+    if isinstance(drafter, Model):
+        t, d = target.config.vocab_size, drafter.config.vocab_size
+        if t != d:
+            raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
+        if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
+            raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
+        return DR.DrafterSpec("model", drafter.config), drafter
+    if drafter == "self":
+        return DR.DrafterSpec("self", target.config), None
+    if drafter == "lookup":
+        if ngram < 1:
+            raise ValueError(f"ngram must be >= 1, got {ngram}")
+        return DR.DrafterSpec("lookup", None, ngram=ngram), None
+    raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
+                     "(load a path with viasd_jax.load first)")
+
+
+def _threshold(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def _seeds(seed, batch: int) -> np.ndarray:
+    """One seed per row: an int applies to every row (so a row's output does not depend on
+    its batch-mates), or a list gives each row its own."""
+    seeds = np.asarray(seed)
+    if seeds.ndim == 0:
+        seeds = np.full(batch, seeds)
+    if seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
+        raise ValueError(f"seed must be a non-negative int or a list of {batch} of them, got {seed!r}")
+    return seeds.astype(np.uint32)
+
+
+def _mask(route, num_layers: int, default_skip: float) -> np.ndarray:
+    return route_mask(default_route(num_layers, default_skip) if route is None else route, num_layers)
+
+
 def generate(
-    model: Model,
+    target: Model,
     prompts,
     *,
-    mode: str = "ar",
+    drafter=None,
+    mode: str | None = None,
+    gamma: int = 4,
+    route=None,
+    self_route=None,
+    tau_accept: float = 0.9,
+    tau_slim: float = 0.6,
+    lossless: bool = False,
+    pending_bound: int | None = None,
+    ngram: int = 3,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -128,32 +179,71 @@ def generate(
 ) -> GenerateResult:
     """Generate continuations of `prompts` (a string, a list of ids, or a list of either).
 
-    mode "ar" is plain decoding; `temperature=0` is greedy. `stop` adds stop
-    sequences (strings or token ids) to the model's EOS ids. `max_len` fixes the
-    cache length (default: prompt bucket + max_new_tokens, rounded up).
+    mode: "ar" plain decoding; "sd" speculative decoding (every draft verified by the
+    full model); "via" the three tiers. Default: "via" with a drafter, "ar" without.
+    drafter: a `Model` with the target's vocabulary, "self" (the target over
+    `self_route`) or "lookup" (prompt lookup of up to `ngram`-grams).
+    route: the slim verifier's kept layers (default: the checkpoint's calibrated
+    route, else a hand-picked block skip of 40%). tau_accept / tau_slim: tier
+    thresholds in [0, 1]. lossless: re-check pending tokens with the full model.
+    pending_bound: most tokens a row may carry unverified (default: gamma).
+    temperature=0 is greedy. `stop` adds stop sequences (strings or token ids) to
+    the target's EOS ids. `max_len` fixes the cache length (default: prompt bucket
+    + max_new_tokens + draft slack, rounded up to 128).
     """
-    if mode != "ar":
-        raise ValueError(f"unknown mode {mode!r}; choose 'ar'")
+    mode = mode or ("ar" if drafter is None else "via")
+    if mode not in D.MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(D.MODES)}")
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens}")
+    if mode == "ar":
+        spec, drafter_model, gamma = None, None, 0
+    else:
+        if drafter is None:
+            raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
+        if int(gamma) != gamma or gamma < 1:
+            raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
+        spec, drafter_model = _drafter_spec(target, drafter, ngram)
+    config = D.EngineConfig(target.config, mode, spec, int(gamma),
+                            int(gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
+                            bool(lossless))
     sp = SamplingParams.make(temperature, top_k, top_p)
-    ids = P.encode(model, P.normalize(prompts), chat_template)
-    width, cache_len = plan_lengths([len(r) for r in ids], max_new_tokens, max_len, slack=1)
-    tokens, lengths = P.pad(ids, cache_len, model.pad_id)
-    cache = init_cache(model.config, len(ids), cache_len, model.dtype)
-    state = D.init_state(tokens, lengths, max_new_tokens, cache, seed)
-    stops = jnp.asarray(stop_array(_stop_sequences(model, stop)))
-    t0 = time.perf_counter()
-    out, compile_s = run_compiled(
-        D.generate_ar, {"cfg": model.config, "prefill_width": width}, model.params, state, sp, stops
+    tau_a, tau_s = _threshold("tau_accept", tau_accept), _threshold("tau_slim", tau_slim)
+    num_layers = target.config.num_layers
+    slim_keep = _mask(target.route if route is None else route, num_layers, 0.4)
+    if spec is not None and spec.kind == "self":
+        draft_keep = _mask(self_route, num_layers, 0.6)
+    else:
+        draft_keep = np.ones(drafter_model.config.num_layers if drafter_model else 1, bool)
+    ids = P.encode(target, P.normalize(prompts), chat_template)
+    slack = config.full_width + config.gamma + 2
+    width, cache_len = plan_lengths([len(r) for r in ids], max_new_tokens, max_len, slack=slack)
+    tokens, lengths = P.pad(ids, cache_len, target.pad_id)
+    b = len(ids)
+    draft_cache = None
+    if spec is not None and spec.has_cache:
+        draft_cache = init_cache(spec.cfg, b, cache_len, (drafter_model or target).dtype)
+    state = D.init_state(config, tokens, lengths, max_new_tokens, init_cache(target.config, b, cache_len, target.dtype),
+                         draft_cache, _seeds(seed, b))
+    params = D.EngineParams(
+        target=target.params,
+        drafter=drafter_model.params if drafter_model is not None else None,
+        slim_keep=jnp.asarray(slim_keep),
+        draft_keep=jnp.asarray(draft_keep),
+        sampling=sp,
+        tau_accept=jnp.asarray(tau_a, jnp.float32),
+        tau_slim=jnp.asarray(tau_s, jnp.float32),
+        stops=jnp.asarray(stop_array(_stop_sequences(target, stop))),
     )
+    t0 = time.perf_counter()
+    out, compile_s = run_compiled(D.generate_loop, {"config": config, "prefill_width": width}, params, state)
     out = jax.block_until_ready(out)
     seconds = time.perf_counter() - t0
     n = np.asarray(out.n)
     toks = np.asarray(out.tokens)
-    gen = [toks[i, lengths[i] : n[i]].tolist() for i in range(len(ids))]
+    gen = [toks[i, lengths[i] : n[i]].tolist() for i in range(b)]
     texts = None
-    if model.tokenizer is not None:
-        texts = [model.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
+    if target.tokenizer is not None:
+        texts = [target.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
     stats, rows = summarize({k: np.asarray(v) for k, v in out.counters.items()})
     return GenerateResult(gen, texts, stats, rows, seconds, compile_s, ids)

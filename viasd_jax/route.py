@@ -29,3 +29,13 @@ def route_mask(route: Iterable[int] | None, num_layers: int) -> np.ndarray:
     mask = np.zeros(num_layers, bool)
     mask[list(validate_route(range(num_layers) if route is None else route, num_layers))] = True
     return mask
+
+
+def default_route(num_layers: int, skip_ratio: float) -> tuple[int, ...]:
+    """A hand-picked route for models without a calibrated one: skip one contiguous
+    block of `skip_ratio` of the layers, starting a seventh of the way in (early-middle
+    blocks hurt least on Qwen2.5-1.5B; see docs/design.md). First and last layers stay."""
+    skip = min(int(round(skip_ratio * num_layers)), max(num_layers - 2, 0))
+    start = max(1, int(round(num_layers / 7)))
+    start = min(start, num_layers - 1 - skip)
+    return tuple(i for i in range(num_layers) if not start <= i < start + skip)

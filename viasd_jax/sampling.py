@@ -70,7 +70,22 @@ def is_greedy(sp: SamplingParams) -> jax.Array:
     return sp.temperature <= 0
 
 
-def pick(key: jax.Array, logp: jax.Array, sp: SamplingParams) -> jax.Array:
-    """A token per row of `logp [..., V]`: argmax when greedy, else a sample."""
-    sampled = jax.random.categorical(key, logp, axis=-1)
-    return jnp.where(is_greedy(sp), jnp.argmax(logp, axis=-1), sampled).astype(jnp.int32)
+def row_keys(keys: jax.Array, num: int) -> jax.Array:
+    """Split each row's key: `[B]` keys -> `[num, B]` keys (one stream per row, so a row's
+    draws never depend on which other rows share its batch)."""
+    return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(keys), 0, 1)
+
+
+def categorical(keys: jax.Array, logp: jax.Array) -> jax.Array:
+    """One sample per row from `logp [B, ..., V]` with that row's key `keys [B]`."""
+    return jax.vmap(lambda k, lp: jax.random.categorical(k, lp, axis=-1))(keys, logp).astype(jnp.int32)
+
+
+def uniform(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """`[B, *shape]` uniforms, row b drawn with `keys[b]`."""
+    return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys)
+
+
+def pick(keys: jax.Array, logp: jax.Array, sp: SamplingParams) -> jax.Array:
+    """A token per row of `logp [B, V]`: argmax when greedy, else a sample (row keys `[B]`)."""
+    return jnp.where(is_greedy(sp), jnp.argmax(logp, axis=-1), categorical(keys, logp)).astype(jnp.int32)

@@ -1,0 +1,140 @@
+"""The VIA-SD engine on tiny models: lossless modes are exact, tiers behave, counters add up."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import viasd_jax
+from viasd_jax.generate import compile_count
+
+PROMPTS = [[5, 17, 33, 8, 9], [7, 3, 44, 61, 12, 9, 10, 11, 50], [20, 21, 22, 20, 21, 22, 20]]
+
+
+@pytest.fixture(scope="module")
+def target(tiny):
+    return tiny["qwen2"]
+
+
+@pytest.fixture(scope="module")
+def near_drafter(target):
+    """A perturbed copy of the target: agrees often, not always."""
+    leaves, tree = jax.tree.flatten(target.params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    noisy = [x * (1 + 0.15 * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
+    return dataclasses.replace(target, params=jax.tree.unflatten(tree, noisy))
+
+
+@pytest.fixture(scope="module")
+def far_drafter(tiny):
+    """Another architecture with the same vocabulary (llama, 4 layers, tied head)."""
+    return tiny["llama"]
+
+
+def _ar(target, prompts=PROMPTS, n=24, **kw):
+    return viasd_jax.generate(target, prompts, mode="ar", max_new_tokens=n, **kw).tokens
+
+
+@pytest.mark.parametrize("which", ["near", "far", "self", "lookup"])
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_sd_greedy_equals_ar(target, near_drafter, far_drafter, which, gamma):
+    drafter = {"near": near_drafter, "far": far_drafter}.get(which, which)
+    res = viasd_jax.generate(target, PROMPTS, drafter=drafter, mode="sd", gamma=gamma, max_new_tokens=24)
+    assert res.tokens == _ar(target)
+    s = res.stats
+    assert s["drafted"] == s["tier_c"] + s["rejected"] and s["tier_a"] == s["tier_b"] == 0
+    assert s["full_passes"] == s["rounds"] and s["slim_passes"] == 0
+
+
+@pytest.mark.parametrize("which", ["near", "self", "lookup"])
+def test_via_with_all_layers_equals_ar(target, near_drafter, which):
+    drafter = {"near": near_drafter}.get(which, which)
+    for tau_a, tau_s in [(0.9, 0.6), (0.0, 0.0), (0.3, 0.9)]:
+        res = viasd_jax.generate(target, PROMPTS, drafter=drafter, route=range(4), tau_accept=tau_a, tau_slim=tau_s,
+                                 max_new_tokens=24)
+        assert res.tokens == _ar(target), (tau_a, tau_s)
+
+
+@pytest.mark.parametrize("route", [[0, 3], [0, 1, 3], [3]])
+@pytest.mark.parametrize("which", ["near", "lookup"])
+def test_via_lossless_equals_ar_for_any_route(target, near_drafter, route, which):
+    drafter = {"near": near_drafter}.get(which, which)
+    for tau_a, tau_s, bound in [(0.0, 0.0, 4), (0.5, 0.2, 1), (0.9, 0.6, 8)]:
+        res = viasd_jax.generate(target, PROMPTS, drafter=drafter, route=route, lossless=True, tau_accept=tau_a,
+                                 tau_slim=tau_s, pending_bound=bound, gamma=3, max_new_tokens=24)
+        assert res.tokens == _ar(target), (tau_a, tau_s, bound)
+
+
+def test_lossy_via_differs_and_tiers_settle_tokens(target, near_drafter):
+    """With a poor route and permissive thresholds, cheap tiers settle everything."""
+    res = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, route=[0, 3], tau_accept=0.0, tau_slim=0.0,
+                             gamma=3, max_new_tokens=24)
+    s = res.stats
+    assert s["tier_c"] == 0 and s["tier_a"] + s["tier_b"] > 0
+    assert s["full_passes"] < s["rounds"]
+    assert s["drafted"] == s["tier_a"] + s["tier_b"] + s["tier_c"] + s["rejected"]
+
+
+def test_thresholds_of_one_give_sd(target, near_drafter):
+    via = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, route=[0, 3], tau_accept=1.0, tau_slim=1.0,
+                             gamma=3, max_new_tokens=24)
+    sd = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, mode="sd", gamma=3, max_new_tokens=24)
+    assert via.tokens == sd.tokens
+    for key in ("drafted", "rejected", "tier_c", "rounds", "full_passes"):
+        assert via.stats[key] == sd.stats[key], key
+    assert via.stats["tier_a"] == via.stats["tier_b"] == 0 and via.stats["slim_passes"] == via.stats["rounds"]
+
+
+def test_counters_add_up(target, near_drafter):
+    for kw in (dict(mode="sd"), dict(route=[0, 3]), dict(route=[0, 3], lossless=True), dict(route=[0, 2, 3],
+                                                                                               tau_slim=0.3)):
+        res = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, gamma=4, max_new_tokens=24, **kw)
+        for row, toks in zip(res.row_stats, res.tokens):
+            assert row["drafted"] == row["tier_a"] + row["tier_b"] + row["tier_c"] + row["rejected"]
+            assert row["new_tokens"] == len(toks)
+            assert row["full_passes"] <= row["rounds"] and row["drafted"] <= 4 * row["rounds"]
+
+
+def test_batch_row_equals_alone(target, near_drafter):
+    kw = dict(drafter=near_drafter, route=[0, 3], tau_accept=0.5, tau_slim=0.4, gamma=3, max_new_tokens=20)
+    batch = viasd_jax.generate(target, PROMPTS, **kw)
+    for p, got in zip(PROMPTS, batch.tokens):
+        assert got == viasd_jax.generate(target, [p], **kw).tokens[0]
+    sampled = viasd_jax.generate(target, PROMPTS, temperature=1.0, seed=5, **kw)
+    assert sampled.tokens[1] == viasd_jax.generate(target, [PROMPTS[1]], temperature=1.0, seed=5, **kw).tokens[0]
+
+
+def test_no_recompile_for_runtime_values(target, near_drafter):
+    kw = dict(drafter=near_drafter, route=[0, 3], gamma=3)
+    viasd_jax.generate(target, [[5, 6, 7]], max_new_tokens=8, **kw)
+    before = compile_count()
+    viasd_jax.generate(target, [[5, 6, 7, 8, 9, 10]], max_new_tokens=12, tau_accept=0.2, tau_slim=0.1, **kw)
+    viasd_jax.generate(target, [[5, 6, 7]], max_new_tokens=8, temperature=0.8, top_p=0.9, seed=11, **kw)
+    viasd_jax.generate(target, [[9, 6, 7, 1]], max_new_tokens=8, route=[0, 1, 3], drafter=near_drafter, gamma=3)
+    assert compile_count() == before
+
+
+def test_rows_finish_independently(tiny):
+    m = tiny["mistral"]  # emits EOS (2) early on some prompts
+    prompts = [[11, 15, 44, 61], [5, 17, 33, 8, 9], [3, 3, 3]]
+    ar = viasd_jax.generate(m, prompts, max_new_tokens=30).tokens
+    for kw in (dict(mode="sd"), dict(lossless=True, route=[0, 2, 3])):
+        assert viasd_jax.generate(m, prompts, drafter="lookup", max_new_tokens=30, **kw).tokens == ar
+
+
+def test_drafter_errors(target, tiny):
+    small_vocab = dataclasses.replace(tiny["llama"], config=dataclasses.replace(tiny["llama"].config, vocab_size=50))
+    with pytest.raises(ValueError, match="drafter vocab size 50 differs from the target's 96"):
+        viasd_jax.generate(target, [[5, 6]], drafter=small_vocab)
+    with pytest.raises(ValueError, match="drafter must be"):
+        viasd_jax.generate(target, [[5, 6]], drafter="nonsense")
+    with pytest.raises(ValueError, match="needs a drafter"):
+        viasd_jax.generate(target, [[5, 6]], mode="via")
+    with pytest.raises(ValueError, match="gamma must be"):
+        viasd_jax.generate(target, [[5, 6]], drafter="lookup", gamma=0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="tau_slim must be in"):
+            viasd_jax.generate(target, [[5, 6]], drafter="lookup", tau_slim=bad)
+    with pytest.raises(ValueError, match="lossless=True applies to mode 'via' only"):
+        viasd_jax.generate(target, [[5, 6]], drafter="lookup", mode="sd", lossless=True)
