@@ -115,9 +115,15 @@ def cmd_bench(args) -> None:
     from viasd_jax.bench.runner import run_bench
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    options = {"temperature": args.temperature, "seed": args.seed}
-    report = run_bench(args.target, args.prompts, systems, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-                       limit=args.limit, options=options)
+    options = {"temperature": args.temperature, "seed": args.seed, "gamma": args.gamma,
+               "tau_accept": args.tau_accept, "tau_slim": args.tau_slim, "lookup_gamma": args.lookup_gamma}
+    for name in ("route", "self_route"):
+        if getattr(args, name):
+            options[name] = parse_route(getattr(args, name))
+    if args.pending_bound is not None:
+        options["pending_bound"] = args.pending_bound
+    report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
+                       max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
@@ -167,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="compare decoding systems on a prompt set (speed and agreement)")
     b.add_argument("--target", default=fetch.DEFAULT_TARGET)
     b.add_argument("--prompts", required=True, help="jsonl with task, id, prompt, reference")
+    b.add_argument("--drafter", default=None, help="drafter model for viasd-sd/via and hf-assisted")
     b.add_argument("--systems", default="viasd-ar,hf-ar", help="comma-separated systems")
+    b.add_argument("--gamma", type=int, default=4)
+    b.add_argument("--lookup-gamma", type=int, default=8, help="drafts per round for viasd-lookup / hf-lookup")
+    b.add_argument("--route", help="slim verifier's kept layers: '0,1,5,...' or route.json")
+    b.add_argument("--self-route", help="the self-drafter's kept layers")
+    b.add_argument("--tau-accept", type=float, default=0.9)
+    b.add_argument("--tau-slim", type=float, default=0.6)
+    b.add_argument("--pending-bound", type=int, default=None)
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")

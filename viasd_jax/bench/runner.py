@@ -80,13 +80,15 @@ def agreement(tokens: list[int], reference: list[int]) -> float:
     return sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
 
 
-def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], max_new_tokens: int = 128,
-              dtype: str = "float32", limit: int | None = None, options: dict | None = None,
-              progress: bool = True) -> dict:
+def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
+              max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
+              options: dict | None = None, progress: bool = True) -> dict:
     """Run every system on every prompt (order rotated per prompt) and return the report."""
     rows = read_prompts(prompts_path, limit)
     target = viasd_jax.load(target_path, dtype=dtype)
-    runners = make_systems(systems, target, target_path, dtype, options=options)
+    drafter = viasd_jax.load(drafter_path, dtype=dtype) if drafter_path else None
+    runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
+                           options=options)
     ids = P.encode(target, [r["prompt"] for r in rows], chat_template=True)
     compile_s = {s.name: 0.0 for s in runners}
     for s in tqdm(runners, desc="warm-up", disable=not progress):
@@ -106,7 +108,7 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], max_n
     bar.close()
     _add_agreement(runs)
     return {
-        "config": {"target": target_path, "prompts": prompts_path, "systems": list(systems),
+        "config": {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": list(systems),
                    "max_new_tokens": max_new_tokens, "dtype": dtype, "num_prompts": len(rows), **(options or {}),
                    "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "machine": machine_info(),

@@ -14,9 +14,10 @@ from typing import Any
 import viasd_jax
 from viasd_jax import fetch
 
-OURS = ("viasd-ar",)
-PEERS = ("hf-ar",)
+OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self", "viasd-lookup")
+PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
+NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class HFSystem:
     eos_ids: tuple[int, ...]
     pad_id: int
     assistant: Any = None
+    lookup: int = 0  # prompt_lookup_num_tokens for hf-lookup
 
     def run(self, prompt_ids: list[int], max_new_tokens: int) -> RunOutput:
         import torch
@@ -53,6 +55,8 @@ class HFSystem:
                   eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id)
         if self.assistant is not None:
             kw["assistant_model"] = self.assistant
+        if self.lookup:
+            kw["prompt_lookup_num_tokens"] = self.lookup
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = self.model.generate(torch.tensor([prompt_ids]), **kw)
@@ -85,20 +89,38 @@ def load_hf(path: str, dtype: str):
 
 
 def make_systems(names, target, target_path: str, dtype: str, drafter=None, drafter_path=None, options=None):
-    """Instantiate the named systems; models are loaded once and shared."""
+    """Instantiate the named systems; models are loaded once and shared.
+
+    `options` holds the engine settings (gamma, route, self_route, tau_accept,
+    tau_slim, pending_bound, lookup_gamma, ngram) and sampling (temperature, top_k,
+    top_p, seed); our systems share them, so they differ only in mode and drafter.
+    """
     unknown = [n for n in names if n not in ALL_SYSTEMS]
     if unknown:
         raise ValueError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    options = dict(options or {})
-    systems, hf_target = [], None
+    if drafter is None and any(n in NEEDS_DRAFTER for n in names):
+        raise ValueError(f"systems {', '.join(n for n in names if n in NEEDS_DRAFTER)} need --drafter")
+    o = dict(options or {})
+    sampling = {k: o[k] for k in ("temperature", "top_k", "top_p", "seed") if k in o}
+    engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound") if k in o}
+    lookup = {**engine, "gamma": o.get("lookup_gamma", o.get("gamma", 4)), "ngram": o.get("ngram", 3)}
+    ours = {
+        "viasd-ar": dict(mode="ar"),
+        "viasd-sd": dict(mode="sd", drafter=drafter, **engine),
+        "viasd-via": dict(mode="via", drafter=drafter, **engine),
+        "viasd-via-lossless": dict(mode="via", drafter=drafter, lossless=True, **engine),
+        "viasd-self": dict(mode="via", drafter="self", self_route=o.get("self_route"), **engine),
+        "viasd-lookup": dict(mode="via", drafter="lookup", **lookup),
+    }
+    systems, hf_target, hf_drafter = [], None, None
     for name in names:
-        if name == "viasd-ar":
-            systems.append(ViasdSystem(name, target, {"mode": "ar", **_sampling(options)}))
-        elif name.startswith("hf-"):
-            hf_target = hf_target or load_hf(target_path, dtype)
-            systems.append(HFSystem(name, hf_target, target.eos_ids, target.pad_id))
+        if name in ours:
+            systems.append(ViasdSystem(name, target, {**ours[name], **sampling}))
+            continue
+        hf_target = hf_target or load_hf(target_path, dtype)
+        if name == "hf-assisted":
+            hf_drafter = hf_drafter or load_hf(drafter_path, dtype)
+        systems.append(HFSystem(name, hf_target, target.eos_ids, target.pad_id,
+                                assistant=hf_drafter if name == "hf-assisted" else None,
+                                lookup=o.get("lookup_gamma", 10) if name == "hf-lookup" else 0))
     return systems
-
-
-def _sampling(options: dict) -> dict:
-    return {k: options[k] for k in ("temperature", "top_k", "top_p", "seed") if k in options}
