@@ -46,6 +46,16 @@ def main():
     def bf16_bits_to_f32(bits):  # bf16 is the top half of an f32: widen as an integer, shift
         return jax.lax.bitcast_convert_type(bits.astype(jnp.uint32) << 16, jnp.float32)
 
+    # Output-major copies ([L, F, D]): a matrix-vector product becomes a reduction over
+    # the contiguous minor axis, which XLA emits as a vectorized, multi-threaded loop.
+    w32_t = jnp.swapaxes(w32, 1, 2)
+    w8_t = jnp.swapaxes(w8, 1, 2)
+    wbits_t = jnp.swapaxes(wbits, 1, 2)
+    scale_t = jnp.swapaxes(scale, 1, 2)
+
+    def rowdot(x, w):  # x [T, D], w [F, D] -> [T, F]
+        return jnp.sum(x[:, None, :] * w[None], axis=-1)
+
     def stack(step):
         @jax.jit
         def run(w, s):
@@ -65,13 +75,18 @@ def main():
         "bf16 bits widened, dot": (stack(lambda x, w, s: x @ bf16_bits_to_f32(w)), wbits),
         "int8 upcast then dot": (stack(lambda x, w, s: (x @ w.astype(jnp.float32)) * s), w8),
         "int8 mul+reduce": (stack(lambda x, w, s: jnp.sum(x[:, :, None] * w.astype(jnp.float32)[None], 1) * s), w8),
+        "f32 row-reduce (W^T)": (stack(lambda x, w, s: rowdot(x, w)), w32_t),
+        "bf16 bits row-reduce (W^T)": (stack(lambda x, w, s: rowdot(x, bf16_bits_to_f32(w))), wbits_t),
+        "int8 row-reduce (W^T)": (stack(lambda x, w, s: rowdot(x, w.astype(jnp.float32)) * s[:, 0][None]), w8_t),
     }
     ref = None
     print(f"L={L} D={D} F={F} T={T}")
     print(f"{'format':<24} {'ms':>8} {'GB/s of weights':>16} {'max rel err':>12}")
     for name, (fn, w) in variants.items():
         s = scale if w.dtype == jnp.int8 else jnp.ones_like(scale)
-        if "reduce" in name and args.tokens == 1:
+        if "W^T" in name:
+            s = scale_t if w.dtype == jnp.int8 else jnp.ones_like(scale_t)
+        if "mul+reduce" in name and args.tokens == 1:
             continue  # pathologically slow at T=1 (seconds); see docs/performance.md
         sec, out = bench(fn, w, s)
         ref = out if ref is None else ref

@@ -12,6 +12,7 @@ import tempfile
 from checkpoints_convert.hf import load_hf_checkpoint, read_hf_config
 from checkpoints_convert.safetensors_io import CorruptCheckpointError
 from checkpoints_convert.store import is_checkpoint, read_manifest, restore, save
+from viasd_jax.route import as_route
 
 __all__ = ["convert", "special_tokens", "CorruptCheckpointError", "restore", "save", "is_checkpoint",
            "read_manifest", "load_hf_checkpoint"]
@@ -39,8 +40,12 @@ def special_tokens(hf_dir: str, hf_config: dict) -> dict:
     }
 
 
-def convert(src: str, out: str, dtype=None, route=None, progress: bool = True) -> str:
-    """Convert `src` (HF directory or .gguf file) into a viasd-jax checkpoint at `out`."""
+def convert(src: str, out: str, dtype=None, route=None, self_route=None, progress: bool = True) -> str:
+    """Convert `src` (HF directory or .gguf file) into a viasd-jax checkpoint at `out`.
+
+    `route` / `self_route` (a route.json path, a route dict, a `Route` or layer
+    indices) are embedded: `load` attaches them as `model.route` / `model.self_route`.
+    """
     if not os.path.exists(src):
         raise FileNotFoundError(f"{src}: no such file or directory")
     if os.path.isfile(src):
@@ -48,8 +53,10 @@ def convert(src: str, out: str, dtype=None, route=None, progress: bool = True) -
 
         with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out)) or None) as tmp:
             hf_dir = gguf_to_hf(src, os.path.join(tmp, "hf"))
-            return convert(hf_dir, out, dtype=dtype, route=route, progress=progress)
+            return convert(hf_dir, out, dtype=dtype, route=route, self_route=self_route, progress=progress)
     hf_config = read_hf_config(src)
     cfg, params, _ = load_hf_checkpoint(src, dtype=dtype)
-    meta = {**special_tokens(src, hf_config), "route": route, "source": os.path.abspath(src)}
+    routes = {name: None if r is None else as_route(r, cfg.num_layers).to_dict(cfg)
+              for name, r in (("route", route), ("self_route", self_route))}
+    meta = {**special_tokens(src, hf_config), **routes, "source": os.path.abspath(src)}
     return save(out, cfg, params, meta, source_dir=src)

@@ -1,7 +1,10 @@
 import os
 import sys
 
-import pytest
+# Eight CPU devices for the mesh tests; set before jax is first imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -47,6 +47,20 @@ def test_sd_greedy_equals_ar(target, near_drafter, far_drafter, which, gamma):
     assert s["full_passes"] == s["rounds"] and s["slim_passes"] == 0
 
 
+@pytest.mark.parametrize("kw", [dict(draft_stop=0.6), dict(mix_lookup=1), dict(mix_lookup=2, draft_stop=0.3)],
+                         ids=["adaptive", "mixed", "both"])
+def test_adaptive_and_mixed_drafting_are_lossless(target, near_drafter, kw):
+    ar = _ar(target)
+    sd = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, mode="sd", gamma=4, max_new_tokens=24, **kw)
+    assert sd.tokens == ar
+    via = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, route=[0, 3], lossless=True, gamma=4,
+                             max_new_tokens=24, **kw)
+    assert via.tokens == ar
+    plain = viasd_jax.generate(target, PROMPTS, drafter=near_drafter, mode="sd", gamma=4, max_new_tokens=24)
+    if "draft_stop" in kw:  # stopping early drafts fewer tokens
+        assert sd.stats["drafted"] < plain.stats["drafted"]
+
+
 @pytest.mark.parametrize("which", ["near", "self", "lookup"])
 def test_via_with_all_layers_equals_ar(target, near_drafter, which):
     drafter = {"near": near_drafter}.get(which, which)

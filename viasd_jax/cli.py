@@ -34,42 +34,35 @@ def _read_prompts(args) -> list[str]:
 def cmd_convert(args) -> None:
     from checkpoints_convert import convert
 
-    route = None
-    if args.route:
-        with open(args.route) as f:
-            route = json.load(f)
-    out = convert(args.src, args.out, dtype=args.dtype, route=route)
+    out = convert(args.src, args.out, dtype=args.dtype, route=parse_route(args.route),
+                  self_route=parse_route(args.self_route))
     print(f"wrote {out}")
 
 
 def parse_route(text: str | None):
     """`--route`: comma-separated layer indices, or a route.json file (see `viasd calibrate`)."""
-    if text is None:
-        return None
-    if os.path.isfile(text):
-        with open(text) as f:
-            data = json.load(f)
-        return data["kept_layers"] if isinstance(data, dict) else data
+    if text is None or text.endswith(".json"):
+        return text  # a path: validated where it is used
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
 
 
-def load_drafter(spec: str | None, dtype=None):
+def load_drafter(spec: str | None, dtype=None, quantize=None):
     import viasd_jax
 
     if spec in (None, "self", "lookup"):
         return spec
-    return viasd_jax.load(spec, dtype=dtype)
+    return viasd_jax.load(spec, dtype=dtype, quantize=quantize)
 
 
 def cmd_generate(args) -> None:
     import viasd_jax
 
     prompts = _read_prompts(args)
-    target = viasd_jax.load(args.target, dtype=args.dtype)
-    drafter = load_drafter(args.drafter, args.dtype)
+    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize)
+    drafter = load_drafter(args.drafter, args.dtype, args.quantize)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
@@ -83,6 +76,8 @@ def cmd_generate(args) -> None:
         tau_slim=args.tau_slim,
         lossless=args.lossless,
         pending_bound=args.pending_bound,
+        mix_lookup=args.mix_lookup,
+        draft_stop=args.draft_stop,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -110,29 +105,76 @@ def cmd_generate(args) -> None:
         )
 
 
-def cmd_bench(args) -> None:
-    from viasd_jax.bench.report import markdown_summary
-    from viasd_jax.bench.runner import run_bench
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers") from None
 
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    options = {"temperature": args.temperature, "seed": args.seed, "gamma": args.gamma,
-               "tau_accept": args.tau_accept, "tau_slim": args.tau_slim, "lookup_gamma": args.lookup_gamma}
-    for name in ("route", "self_route"):
-        if getattr(args, name):
-            options[name] = parse_route(getattr(args, name))
-    if args.pending_bound is not None:
-        options["pending_bound"] = args.pending_bound
-    report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
-                       max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options)
+
+def sweep_systems(accepts: list[float], slims: list[float], base: str = "viasd-via") -> list[str]:
+    """The threshold grid as system variants (plus viasd-sd, the tiers' upper bound on agreement)."""
+    return ["viasd-sd"] + [f"{base}@tau_accept={a}:tau_slim={s}" for a in accepts for s in slims]
+
+
+def cmd_bench(args) -> None:
+    from viasd_jax.bench import report as R
+    from viasd_jax.bench.runner import rescore, run_bench
+
+    if args.rescore:
+        from viasd_jax.loading import load_tokenizer
+
+        with open(args.rescore) as f:
+            report = json.load(f)
+        report = rescore(report, args.prompts, load_tokenizer(report["config"]["target"]), not args.no_quality)
+    else:
+        systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        if args.sweep:
+            systems = sweep_systems(_floats(args.sweep_accept, "--sweep-accept"), _floats(args.sweep_slim,
+                                                                                        "--sweep-slim"))
+        options = {"temperature": args.temperature, "seed": args.seed, "gamma": args.gamma,
+                   "tau_accept": args.tau_accept, "tau_slim": args.tau_slim, "lookup_gamma": args.lookup_gamma,
+                   "mix_lookup": args.mix_lookup, "draft_stop": args.draft_stop}
+        for name in ("route", "self_route"):
+            if getattr(args, name):
+                options[name] = parse_route(getattr(args, name))
+        if args.pending_bound is not None:
+            options["pending_bound"] = args.pending_bound
+        report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
+                           max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options,
+                           with_quality=not args.no_quality, quantize=args.quantize)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    table = markdown_summary(report)
+    table = R.markdown_summary(report)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table)
     print(table)
+    if args.plots:
+        for path in R.plot_report(report, args.plots):
+            print(f"wrote {path}")
+    if args.sweep or args.pareto:
+        path = args.pareto or os.path.splitext(args.json)[0] + "-pareto.png"
+        print(f"wrote {R.plot_pareto(report, path)}")
     print(f"wrote {args.json}")
+
+
+def cmd_calibrate(args) -> None:
+    import viasd_jax
+    from viasd_jax import routing
+
+    target = viasd_jax.load(args.target, dtype=args.dtype)
+    prompts = _read_prompts(args) if (args.prompt or args.prompts) else routing.default_calibration_prompts()
+    print(f"generating calibration text: {len(prompts)} prompts x {args.new_tokens} tokens", file=sys.stderr)
+    data = routing.generate_calibration(target, prompts, new_tokens=args.new_tokens)
+    route = routing.calibrate_route(target, data, args.skip_ratio, method=args.method, granularity=args.granularity,
+                                    keep_first_last=not args.allow_first_last, holdout=args.holdout,
+                                    seed=args.seed)
+    route.save(args.out, target.config)
+    info = route.info
+    print(f"wrote {args.out}: skip ratio {route.skip_ratio(target.config):.3f}, held-back KL {info['heldout_kl']:.4f}, "
+          f"top-1 {info['heldout_top1']:.3f} ({info['evaluations']} evaluations, {info['seconds']:.0f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="Hugging Face checkpoint directory, or .gguf file")
     c.add_argument("out", help="output directory")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="cast weights (default: keep)")
-    c.add_argument("--route", help="route.json to embed (from `viasd calibrate`)")
+    c.add_argument("--route", help="slim verifier route to embed: route.json (from `viasd calibrate`) or '0,1,...'")
+    c.add_argument("--self-route", help="self-drafter route to embed (same forms)")
     c.set_defaults(func=cmd_convert)
 
     g = sub.add_parser("generate", help="generate text and print tokens/s")
@@ -155,9 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--route", help="slim verifier's kept layers: '0,1,5,...' or route.json")
     g.add_argument("--self-route", help="the self-drafter's kept layers (with --drafter self)")
     g.add_argument("--tau-accept", type=float, default=0.9, help="tier A threshold on the slim prob of the draft")
-    g.add_argument("--tau-slim", type=float, default=0.6, help="tier B threshold on the slim verifier's confidence")
+    g.add_argument("--tau-slim", type=float, default=0.8, help="tier B threshold on the slim verifier's confidence")
     g.add_argument("--lossless", action="store_true", help="re-check cheap-tier tokens with the full model")
-    g.add_argument("--pending-bound", type=int, default=None, help="most unverified tokens per row (default gamma)")
+    g.add_argument("--pending-bound", type=int, default=None, help="most unverified tokens per row (default 2*gamma)")
+    g.add_argument("--mix-lookup", type=int, default=0,
+                   help="with a model drafter: use prompt-lookup drafts when they offer >= this many tokens")
+    g.add_argument("--draft-stop", type=float, default=0.0,
+                   help="stop drafting once the drafter's top probability is below this (0: always gamma)")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable)")
     g.add_argument("--prompts", help="jsonl file with a 'prompt' field per line")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -168,7 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="extra stop string (repeatable)")
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("calibrate", help="find the slim verifier's route (intra-model routing)")
+    r.add_argument("--target", default=fetch.DEFAULT_TARGET)
+    r.add_argument("--prompts", help="jsonl of calibration prompts (default: the packaged calibration set)")
+    r.add_argument("--prompt", action="append", help="a calibration prompt (repeatable)")
+    r.add_argument("--skip-ratio", type=float, required=True, help="share of layer weight bytes to skip, in (0, 1)")
+    r.add_argument("--method", choices=["greedy", "gates", "random"], default="greedy")
+    r.add_argument("--granularity", choices=["layer", "sublayer"], default="sublayer",
+                   help="drop whole layers, or attention and MLP sublayers separately")
+    r.add_argument("--new-tokens", type=int, default=64, help="tokens the target generates per calibration prompt")
+    r.add_argument("--holdout", type=float, default=0.25, help="share of calibration text held back for the report")
+    r.add_argument("--allow-first-last", action="store_true", help="let the first and last layers be dropped")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    r.add_argument("--out", default="route.json")
+    r.set_defaults(func=cmd_calibrate)
 
     b = sub.add_parser("bench", help="compare decoding systems on a prompt set (speed and agreement)")
     b.add_argument("--target", default=fetch.DEFAULT_TARGET)
@@ -180,13 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--route", help="slim verifier's kept layers: '0,1,5,...' or route.json")
     b.add_argument("--self-route", help="the self-drafter's kept layers")
     b.add_argument("--tau-accept", type=float, default=0.9)
-    b.add_argument("--tau-slim", type=float, default=0.6)
+    b.add_argument("--tau-slim", type=float, default=0.8)
     b.add_argument("--pending-bound", type=int, default=None)
+    b.add_argument("--mix-lookup", type=int, default=0, help="model drafters: prompt-lookup drafts when >= this many")
+    b.add_argument("--draft-stop", type=float, default=0.0, help="adaptive draft length threshold")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-quality", action="store_true", help="skip task metrics (agreement is always computed)")
+    b.add_argument("--sweep", action="store_true", help="grid of viasd-via thresholds instead of --systems")
+    b.add_argument("--sweep-accept", default="0.8,0.9,0.95,0.99", help="tau_accept values of the sweep")
+    b.add_argument("--sweep-slim", default="0.5,0.7,0.9,0.99", help="tau_slim values of the sweep")
+    b.add_argument("--pareto", help="write the speed/agreement/quality Pareto plot here (PNG)")
+    b.add_argument("--plots", help="write speedup-per-task and tier-mix plots into this folder")
+    b.add_argument("--rescore", help="recompute agreement and quality of a saved report instead of running")
     b.add_argument("--json", required=True, help="write the full report here")
     b.add_argument("--markdown", help="also write the summary table here")
     b.set_defaults(func=cmd_bench)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,11 @@ from viasd_jax.verify import TierResult, take, tiers, verify_chain
 from viasd_jax.windows import gather_window, window_positions, write_tokens
 
 MODES = ("ar", "sd", "via")
+# Who settled each committed token (`DecodeState.origin`): prompt, tier A, tier B (a
+# draft the slim verifier kept), slim verifier's own token (correction or bonus), a
+# draft the full model verified (tier C), the full model's own token.
+ORIGINS = ("prompt", "tier_a", "tier_b", "slim", "tier_c", "full")
+PROMPT, TIER_A, TIER_B, SLIM, TIER_C, FULL = range(len(ORIGINS))
 COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes", "rounds",
             "new_tokens", "rollbacks")
 
@@ -48,6 +54,7 @@ class EngineConfig:
     gamma: int = 0  # drafts per round
     pending_bound: int = 0  # most pending tokens a row may carry without a full pass
     lossless: bool = False  # via only: re-check pending tokens at the next full pass
+    mesh: Any = None  # a `jax.sharding.Mesh` (see sharding.py): keep the state laid out on it
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -85,11 +92,12 @@ class EngineParams:
 
     target: Params
     drafter: Params | None  # a separate drafter's weights; None for self / lookup / ar
-    slim_keep: jax.Array  # [L] bool: the slim verifier's route
-    draft_keep: jax.Array  # [L_d] bool: the drafter's layers (a route of the target for "self")
+    slim_route: jax.Array  # [L, 2] bool: the slim verifier's (attention, MLP) sublayers
+    draft_route: jax.Array  # [L_d, 2] bool: the drafter's sublayers (a route of the target for "self")
     sampling: SamplingParams
     tau_accept: jax.Array  # [] float32
     tau_slim: jax.Array  # [] float32
+    draft_stop: jax.Array  # [] float32: a model drafter stops once its top probability is below this
     stops: jax.Array  # [Q, M] int32 stop sequences (see stopping.py)
 
 
@@ -97,6 +105,7 @@ class EngineParams:
 @dataclasses.dataclass(frozen=True)
 class DecodeState:
     tokens: jax.Array  # [B, S] int32: prompt, committed tokens, scratch after n
+    origin: jax.Array  # [B, S] int8: who settled each token (an index into ORIGINS)
     n: jax.Array  # [B] int32: committed tokens
     prompt_len: jax.Array  # [B] int32
     max_n: jax.Array  # [B] int32: a row is done once n reaches it
@@ -104,15 +113,15 @@ class DecodeState:
     cache: KVCache  # target cache; cache.lengths = f (exact frontier)
     draft_cache: KVCache | None  # drafter cache (model / self drafters)
     pending_logp: jax.Array | None  # [B, ring, V]: lossless only, what each pending token was drawn from
-    key: jax.Array  # [B] PRNG keys, one stream per row
+    key: jax.Array  # [B, 2] uint32: raw PRNG key data, one stream per row
     counters: dict  # name -> [B] int32, names in COUNTERS
 
 
-def init_state(config: EngineConfig, tokens, prompt_len, max_new_tokens: int, cache: KVCache,
+def init_state(config: EngineConfig, tokens, prompt_len, max_new_tokens, cache: KVCache,
                draft_cache: KVCache | None, seeds) -> DecodeState:
-    """State before prefill. `tokens [B, S]` holds the padded prompts; `seeds` is one
-    seed per row (a row's draws depend only on its seed). Every leaf is a distinct
-    buffer, so the whole state can be donated."""
+    """State before prefill. `tokens [B, S]` holds the padded prompts; `max_new_tokens`
+    is an int or one per row; `seeds` is one seed per row (a row's draws depend only on
+    its seed). Every leaf is a distinct buffer, so the whole state can be donated."""
     b, s = tokens.shape
     prompt_len = np.asarray(prompt_len, np.int32)
     max_n = np.minimum(prompt_len + max_new_tokens, s).astype(np.int32)
@@ -121,6 +130,7 @@ def init_state(config: EngineConfig, tokens, prompt_len, max_new_tokens: int, ca
         pending = jnp.zeros((b, config.ring, config.target.vocab_size), jnp.float32)
     return DecodeState(
         tokens=jnp.asarray(tokens, jnp.int32),
+        origin=jnp.zeros((b, s), jnp.int8),
         n=jnp.asarray(prompt_len),
         prompt_len=jnp.asarray(prompt_len.copy()),
         max_n=jnp.asarray(max_n),
@@ -128,7 +138,8 @@ def init_state(config: EngineConfig, tokens, prompt_len, max_new_tokens: int, ca
         cache=cache,
         draft_cache=draft_cache,
         pending_logp=pending,
-        key=jax.vmap(jax.random.key)(jnp.asarray(np.broadcast_to(seeds, (b,)), jnp.uint32)),
+        key=jnp.asarray(np.asarray(jax.random.key_data(jax.vmap(jax.random.key)(
+            jnp.asarray(np.broadcast_to(seeds, (b,)), jnp.uint32))))),
         counters={name: jnp.asarray(np.zeros(b, np.int32)) for name in COUNTERS},
     )
 
@@ -147,21 +158,42 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     draft_cache = state.draft_cache
     if draft_cache is not None:
         d_params, d_cfg = _drafter_model(params, config)
-        _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_keep)
+        _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route)
         draft_cache = with_lengths(draft_cache, count)
     return dataclasses.replace(state, cache=with_lengths(cache, count), draft_cache=draft_cache)
 
 
 def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, live):
-    """(drafts [B, G], draft log-dists [B, G, V], valid count [B], drafter cache)."""
+    """(drafts [B, G], draft log-dists [B, G, V], valid count [B], drafter cache).
+
+    With `mix_lookup`, rows whose prompt lookup offers enough tokens take those (free)
+    drafts, and the drafter model runs (under `lax.cond`) only for the others."""
     spec, g = config.drafter, config.gamma
-    if spec.kind == "lookup":
-        drafts, logp, count = DR.propose_lookup(state.tokens, state.n, g, spec.ngram, config.target.vocab_size)
-        return drafts, logp, jnp.where(live, count, 0), None
+    vocab = config.target.vocab_size
+    if spec.kind == "lookup" or spec.mix_lookup:
+        l_drafts, l_logp, l_count = DR.propose_lookup(state.tokens, state.n, g, spec.ngram, vocab)
+        if spec.kind == "lookup":
+            return l_drafts, l_logp, jnp.where(live, l_count, 0), None
     d_params, _ = _drafter_model(params, config)
-    drafts, logp, cache = DR.propose_model(spec, g, d_params, params.draft_keep, params.sampling, key,
-                                           state.tokens, state.n, live, state.draft_cache)
-    return drafts, logp, jnp.where(live, g, 0), cache
+
+    def model(rows):
+        return DR.propose_model(spec, g, d_params, params.draft_route, params.sampling, key, state.tokens, state.n,
+                                rows, state.draft_cache, params.draft_stop)
+
+    if not spec.mix_lookup:
+        return model(live)
+    use_lookup = l_count >= spec.mix_lookup
+    rows = live & ~use_lookup
+    b = live.shape[0]
+
+    def skip(rows):
+        return (jnp.zeros((b, g), jnp.int32), jnp.zeros((b, g, vocab), jnp.float32), jnp.zeros((b,), jnp.int32),
+                state.draft_cache)
+
+    m_drafts, m_logp, m_count, cache = jax.lax.cond(jnp.any(rows), model, skip, rows)
+    pick_l = use_lookup[:, None]
+    return (jnp.where(pick_l, l_drafts, m_drafts), jnp.where(pick_l[..., None], l_logp, m_logp),
+            jnp.where(live, jnp.where(use_lookup, l_count, m_count), 0), cache)
 
 
 def _slim_pass(tokens, f, n, n_draft, live, cache, params: EngineParams, config: EngineConfig):
@@ -170,7 +202,7 @@ def _slim_pass(tokens, f, n, n_draft, live, cache, params: EngineParams, config:
     width, cfg = config.slim_width, config.target
     count = jnp.where(live, n - f + n_draft, 0)
     window = gather_window(tokens, f, width)
-    hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), cache, params.slim_keep)
+    hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), cache, params.slim_route)
     idx = jnp.clip((n - 1 - f)[:, None] + jnp.arange(config.gamma + 1)[None, :], 0, width - 1)
     hidden = jnp.take_along_axis(hidden, idx[:, :, None], axis=1)
     return log_probs(M.logits(params.target, cfg, hidden), params.sampling), cache
@@ -186,14 +218,15 @@ def _effective(tr: TierResult, draft_logp, slim_logp, n_draft):
     return jnp.where((i == n_draft[:, None])[..., None], slim_logp, eff)
 
 
-def _full_pass(key, tokens, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config):
+def _full_pass(key, buffers, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config):
     """Full model over `[x_f .. x_{n'-1}, escalated drafts]` for the rows that need it,
     lossless verification of the chain (escalated drafts; in lossless mode every
     pending token too), commit. Other rows are untouched, so a row's output never
     depends on its batch-mates.
 
-    Returns (tokens, cache, new n, accepted chain tokens, pending tokens in the chain).
+    Returns ((tokens, origin), cache, new n, accepted chain tokens, pending tokens in the chain).
     """
+    tokens, origin = buffers
     width, cfg = config.full_width, config.target
     count = jnp.where(rows, n_cheap - f + escalated, 0)
     window = gather_window(tokens, f, width)
@@ -217,8 +250,9 @@ def _full_pass(key, tokens, f, n_cheap, escalated, rows, draft_logp, settled, st
     accepted, nxt = verify_chain(key, chain, chain_len, q, chain_logp, is_greedy(params.sampling))
     n_full = jnp.where(rows, f + start + accepted + 1, n_cheap)
     tokens = write_tokens(tokens, n_full - 1, nxt[:, None], rows.astype(jnp.int32))
+    origin = write_tokens(origin, n_full - 1, jnp.full_like(nxt, FULL)[:, None], rows.astype(jnp.int32))
     cache = with_lengths(cache, jnp.where(rows, n_full - 1, f))
-    return tokens, cache, n_full, jnp.where(rows, accepted, 0), jnp.where(rows, pending_in_chain, 0)
+    return (tokens, origin), cache, n_full, jnp.where(rows, accepted, 0), jnp.where(rows, pending_in_chain, 0)
 
 
 def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) -> DecodeState:
@@ -231,8 +265,8 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
                                    lambda s: decode_step(s, params, config), state)
     """
     live = ~state.done
-    key, k_draft, k_tier, k_verify = row_keys(state.key, 4)
-    n, f, tokens = state.n, state.cache.lengths, state.tokens
+    key, k_draft, k_tier, k_verify = row_keys(jax.random.wrap_key_data(state.key), 4)
+    n, f, tokens, origin = state.n, state.cache.lengths, state.tokens, state.origin
     zero = jnp.zeros_like(n)
     g, via = config.gamma, config.mode == "via"
     greedy = is_greedy(params.sampling)
@@ -242,6 +276,7 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
     if g:
         drafts, draft_logp, n_draft, draft_cache = _draft(state, params, config, k_draft, live)
         tokens = write_tokens(tokens, n, drafts, n_draft)
+        origin = write_tokens(origin, n, jnp.full_like(drafts, TIER_C), n_draft)
 
     cache, pending = state.cache, state.pending_logp
     settled, escalated, tier_a, tier_b = zero, n_draft, zero, zero
@@ -252,7 +287,9 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
                    with_effective=config.lossless)
         settled, tier_a, tier_b = tr.settled, tr.tier_a, tr.tier_b
         corrected = tr.corrected & live
+        origin = write_tokens(origin, n, jnp.where(tr.tier_a_mask, TIER_A, TIER_B), settled * live)
         tokens = write_tokens(tokens, n + settled, tr.correction[:, None], corrected.astype(jnp.int32))
+        origin = write_tokens(origin, n + settled, jnp.full((n.shape[0], 1), SLIM), corrected.astype(jnp.int32))
         n_cheap = n + settled + corrected
         escalated = jnp.where(tr.escalate & live, n_draft - settled, 0)
         bonus_ok = tr.bonus_ok & live
@@ -265,21 +302,23 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
         full_rows = needs & live
         use_bonus = bonus_ok & ~full_rows
         tokens = write_tokens(tokens, n_cheap, tr.bonus[:, None], use_bonus.astype(jnp.int32))
+        origin = write_tokens(origin, n_cheap, jnp.full((n.shape[0], 1), SLIM), use_bonus.astype(jnp.int32))
         n_cheap = n_cheap + use_bonus
 
     state_for_full = dataclasses.replace(state, cache=cache, pending_logp=pending)
 
-    def full(tokens):
-        return _full_pass(k_verify, tokens, f, n_cheap, escalated, full_rows, draft_logp, settled, state_for_full,
+    def full(buffers):
+        return _full_pass(k_verify, buffers, f, n_cheap, escalated, full_rows, draft_logp, settled, state_for_full,
                           params, config)
 
-    def skip(tokens):
-        return tokens, with_lengths(cache, f), n_cheap, zero, zero
+    def skip(buffers):
+        return buffers, with_lengths(cache, f), n_cheap, zero, zero
 
     if via:
-        tokens, cache, n_new, accepted, pending_in_chain = jax.lax.cond(jnp.any(full_rows), full, skip, tokens)
+        (tokens, origin), cache, n_new, accepted, pending_in_chain = jax.lax.cond(
+            jnp.any(full_rows), full, skip, (tokens, origin))
     else:
-        tokens, cache, n_new, accepted, pending_in_chain = full(tokens)
+        (tokens, origin), cache, n_new, accepted, pending_in_chain = full((tokens, origin))
     tier_c = jnp.clip(accepted - pending_in_chain, 0, escalated)
     rollbacks = jnp.maximum(pending_in_chain - accepted, 0)
 
@@ -294,7 +333,7 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
     final = jnp.minimum(f_new + 1, n_new) if config.lossless else n_new
     done = state.done | (live & (stopped | (final >= state.max_n)))
     if draft_cache is not None:
-        draft_cache = DR.rollback(draft_cache, drafts, tokens, n, n_new, g)
+        draft_cache = DR.rollback(draft_cache, drafts, tokens, n, n_new)
     c = state.counters
     counters = {
         **c,
@@ -309,8 +348,19 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
         "rounds": c["rounds"] + live,
         "new_tokens": n_new - state.prompt_len,
     }
-    return DecodeState(tokens, n_new, state.prompt_len, state.max_n, done, with_lengths(cache, f_new),
-                       draft_cache, pending, key, {k: v.astype(jnp.int32) for k, v in counters.items()})
+    out = DecodeState(tokens, origin, n_new, state.prompt_len, state.max_n, done, with_lengths(cache, f_new),
+                      draft_cache, pending, jax.random.key_data(key),
+                      {k: v.astype(jnp.int32) for k, v in counters.items()})
+    return _laid_out(out, config)
+
+
+def _laid_out(state: DecodeState, config: EngineConfig) -> DecodeState:
+    """Pin the loop state to its declared sharding (no-op without a mesh)."""
+    if config.mesh is None:
+        return state
+    from viasd_jax.sharding import constrain, state_shardings
+
+    return constrain(state, state_shardings(config.mesh, state))
 
 
 def _finishing(tokens, f, n_after, state: DecodeState, params: EngineParams, config: EngineConfig):
@@ -323,5 +373,5 @@ def _finishing(tokens, f, n_after, state: DecodeState, params: EngineParams, con
 @partial(jax.jit, static_argnames=("config", "prefill_width"), donate_argnames=("state",))
 def generate_loop(params: EngineParams, state: DecodeState, *, config: EngineConfig, prefill_width: int):
     """Prefill, then rounds in one `lax.while_loop` until every row is done."""
-    state = prefill(state, params, config, prefill_width)
+    state = _laid_out(prefill(state, params, config, prefill_width), config)
     return jax.lax.while_loop(lambda s: ~jnp.all(s.done), lambda s: decode_step(s, params, config), state)

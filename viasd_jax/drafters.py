@@ -6,8 +6,8 @@ Kinds (static `DrafterSpec.kind`):
   "lookup" prompt lookup: copy what followed the latest earlier occurrence of the
            context's last n-gram (no model; one-hot distributions; may propose fewer).
 A model drafter's cache is exact for positions < `lengths` <= n - 1; a round first
-feeds the (at most two) committed tokens it has not seen, then drafts one token
-per step. Rolling back is moving `lengths`.
+feeds the committed tokens it has not seen (usually one or two), then drafts one
+token per step. Rolling back is moving `lengths`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from viasd_jax.sampling import SamplingParams, log_probs, pick, row_keys
 from viasd_jax.windows import gather_window, window_positions
 
 KINDS = ("model", "self", "lookup")
-CATCH_UP = 2  # committed tokens a model drafter may not have seen at a round's start
+CATCH_UP = 4  # width of one catch-up chunk (committed tokens the drafter has not seen yet)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ class DrafterSpec:
     kind: str  # one of KINDS
     cfg: ModelConfig | None = None  # the drafter's architecture (the target's for "self")
     ngram: int = 3  # longest n-gram prompt lookup matches
+    mix_lookup: int = 0  # model drafters: use prompt-lookup drafts when they offer >= this many (0: never)
 
     @property
     def has_cache(self) -> bool:
@@ -43,31 +44,61 @@ def init_drafter_cache(spec: DrafterSpec, batch: int, max_len: int, dtype) -> KV
     return init_cache(spec.cfg, batch, max_len, dtype) if spec.has_cache else None
 
 
-def propose_model(spec: DrafterSpec, gamma: int, params: Params, keep, sp: SamplingParams, keys,
-                  tokens, n, live, cache: KVCache):
-    """Model drafter: (drafts `[B, G]`, log-dists `[B, G, V]`, cache)."""
+def catch_up(params: Params, cfg: ModelConfig, route, tokens, n, live, cache: KVCache):
+    """Feed the committed tokens the drafter has not seen (`x[lengths .. n-1]`) in
+    chunks of `CATCH_UP`; returns the hidden state at position n - 1 `[B, D]` and the
+    cache, now exact for positions < n. Usually one chunk; more after prompt-lookup
+    rounds that committed many tokens without the model."""
+
+    def body(carry):
+        cache, last = carry
+        f = cache.lengths
+        count = jnp.where(live, jnp.clip(n - f, 0, CATCH_UP), 0)
+        window = gather_window(tokens, f, CATCH_UP)
+        hidden, cache = M.forward(params, cfg, window, window_positions(f, count, CATCH_UP), cache, route)
+        newest = jnp.take_along_axis(hidden, jnp.clip(count - 1, 0)[:, None, None], axis=1)[:, 0]
+        return with_lengths(cache, f + count), jnp.where((count > 0)[:, None], newest, last)
+
+    last = jnp.zeros((n.shape[0], cfg.hidden_size), params.final_norm.dtype)
+    return jax.lax.while_loop(lambda c: jnp.any(live & (c[0].lengths < n)), body, (cache, last))
+
+
+def propose_model(spec: DrafterSpec, gamma: int, params: Params, route, sp: SamplingParams, keys,
+                  tokens, n, live, cache: KVCache, stop_below):
+    """Model drafter: (drafts `[B, G]`, log-dists `[B, G, V]`, count `[B]`, cache).
+
+    Drafting stops early (adaptive draft length) once the drafter's top probability
+    falls below `stop_below` (a runtime scalar; 0 never stops); at least one draft is
+    always proposed. The length depends only on the drafter's distributions, never on
+    the sampled tokens, so verification stays exact.
+    """
     cfg = spec.cfg
-    f = cache.lengths
-    count = jnp.where(live, n - f, 0)
-    window = gather_window(tokens, f, CATCH_UP)
-    hidden, cache = M.forward(params, cfg, window, window_positions(f, count, CATCH_UP), cache, keep)
-    last = jnp.take_along_axis(hidden, jnp.clip(count - 1, 0)[:, None, None], axis=1)[:, 0]
+    cache, last = catch_up(params, cfg, route, tokens, n, live, cache)
     keys = row_keys(keys, gamma)  # [G, B]
+    vocab = cfg.vocab_size
     logp = log_probs(M.logits(params, cfg, last), sp)
     first = pick(keys[0], logp, sp)
+    drafts = jnp.zeros((n.shape[0], gamma), jnp.int32).at[:, 0].set(first)
+    draft_logp = jnp.zeros((n.shape[0], gamma, vocab), jnp.float32).at[:, 0].set(logp)
+    count = live.astype(jnp.int32)
+    active = live & (jnp.exp(jnp.max(logp, -1)) >= stop_below)
 
-    def step(carry, k):
-        tok, cache, pos = carry
-        h, cache = M.forward(params, cfg, tok[:, None], jnp.where(live, pos, -1)[:, None], cache, keep)
+    def body(carry):
+        i, drafts, draft_logp, count, active, cache = carry
+        prev = jax.lax.dynamic_index_in_dim(drafts, i - 1, axis=1, keepdims=False)
+        h, cache = M.forward(params, cfg, prev[:, None], jnp.where(active, n + i - 1, -1)[:, None], cache, route)
         lp = log_probs(M.logits(params, cfg, h[:, 0]), sp)
-        nxt = pick(k, lp, sp)
-        return (nxt, cache, pos + 1), (nxt, lp)
+        tok = pick(jax.lax.dynamic_index_in_dim(keys, i, keepdims=False), lp, sp)
+        drafts = jax.lax.dynamic_update_index_in_dim(drafts, tok, i, axis=1)
+        draft_logp = jax.lax.dynamic_update_index_in_dim(draft_logp, lp, i, axis=1)
+        active = active & (jnp.exp(jnp.max(lp, -1)) >= stop_below)
+        return i + 1, drafts, draft_logp, jnp.where(active, i + 1, count), active, cache
 
-    (_, cache, _), (rest, rest_lp) = jax.lax.scan(step, (first, cache, n), keys[1:])
-    drafts = jnp.concatenate([first[:, None], rest.T], axis=1)
-    draft_logp = jnp.concatenate([logp[:, None], jnp.swapaxes(rest_lp, 0, 1)], axis=1)
-    cache = with_lengths(cache, jnp.where(live, n + gamma - 1, f))
-    return drafts, draft_logp, cache
+    carry = (jnp.int32(1), drafts, draft_logp, count, active, cache)
+    _, drafts, draft_logp, count, _, cache = jax.lax.while_loop(
+        lambda c: (c[0] < gamma) & jnp.any(c[4]), body, carry)
+    cache = with_lengths(cache, jnp.where(live, n + count - 1, cache.lengths))
+    return drafts, draft_logp, count, cache
 
 
 def propose_lookup(tokens, n, gamma: int, ngram: int, vocab: int):
@@ -98,12 +129,14 @@ def propose_lookup(tokens, n, gamma: int, ngram: int, vocab: int):
     return drafts, one_hot, count
 
 
-def rollback(cache: KVCache | None, drafts, tokens, n_old, n_new, gamma: int):
-    """After a round: keep the drafter's cache only where its inputs were committed."""
+def rollback(cache: KVCache | None, drafts, tokens, n_old, n_new):
+    """After a round: keep the drafter's cache only where its inputs were committed
+    (the drafts it fed that were committed unchanged), and never past n - 1."""
     if cache is None:
         return None
-    idx = jnp.clip(n_old[:, None] + jnp.arange(gamma)[None, :], 0, tokens.shape[1] - 1)
+    g = drafts.shape[1]
+    idx = jnp.clip(n_old[:, None] + jnp.arange(g)[None, :], 0, tokens.shape[1] - 1)
     same = (jnp.take_along_axis(tokens, idx, axis=1) == drafts) & (idx < n_new[:, None])
     matched = jnp.sum(jnp.cumprod(same.astype(jnp.int32), axis=1), axis=1)
-    valid = jnp.minimum(n_old + jnp.minimum(matched, gamma - 1), n_new - 1)
+    valid = jnp.minimum(n_old + matched, n_new - 1)
     return with_lengths(cache, jnp.minimum(cache.lengths, valid))

@@ -9,6 +9,7 @@ arrays and never recompile. `compile_count()` exposes the number of compiles.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from typing import Any, Sequence
 
@@ -65,6 +66,7 @@ class GenerateResult:
     seconds: float
     compile_seconds: float
     prompt_tokens: list[list[int]]
+    origins: list[list[str]]  # per generated token, who settled it (see decode.ORIGINS)
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,20 +116,24 @@ def plan_lengths(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int |
     return min(width, max_len), max_len
 
 
-def _drafter_spec(target: Model, drafter, ngram: int):
+def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0):
     """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
+    if int(mix_lookup) != mix_lookup or mix_lookup < 0:
+        raise ValueError(f"mix_lookup must be a non-negative integer (0 = off), got {mix_lookup}")
+    if mix_lookup and drafter == "lookup":
+        raise ValueError("mix_lookup mixes prompt lookup into a model drafter; with drafter='lookup' leave it 0")
+    if ngram < 1:
+        raise ValueError(f"ngram must be >= 1, got {ngram}")
     if isinstance(drafter, Model):
         t, d = target.config.vocab_size, drafter.config.vocab_size
         if t != d:
             raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
         if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
             raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
-        return DR.DrafterSpec("model", drafter.config), drafter
+        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup)), drafter
     if drafter == "self":
-        return DR.DrafterSpec("self", target.config), None
+        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup)), None
     if drafter == "lookup":
-        if ngram < 1:
-            raise ValueError(f"ngram must be >= 1, got {ngram}")
         return DR.DrafterSpec("lookup", None, ngram=ngram), None
     raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
                      "(load a path with viasd_jax.load first)")
@@ -139,22 +145,36 @@ def _threshold(name: str, value: float) -> float:
     return float(value)
 
 
-def _seeds(seed, batch: int) -> np.ndarray:
+def _seeds(seed, num_prompts: int, batch: int) -> np.ndarray:
     """One seed per row: an int applies to every row (so a row's output does not depend on
-    its batch-mates), or a list gives each row its own."""
+    its batch-mates), or a list gives each prompt its own. Padding rows get seed 0."""
     seeds = np.asarray(seed)
     if seeds.ndim == 0:
-        seeds = np.full(batch, seeds)
-    if seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
-        raise ValueError(f"seed must be a non-negative int or a list of {batch} of them, got {seed!r}")
-    return seeds.astype(np.uint32)
+        seeds = np.full(num_prompts, seeds)
+    if seeds.shape != (num_prompts,) or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
+        raise ValueError(f"seed must be a non-negative int or a list of {num_prompts} of them, got {seed!r}")
+    return np.concatenate([seeds, np.zeros(batch - num_prompts, seeds.dtype)]).astype(np.uint32)
 
 
 def _mask(route, num_layers: int, default_skip: float) -> np.ndarray:
     return route_mask(default_route(num_layers, default_skip) if route is None else route, num_layers)
 
 
-def generate(
+@dataclasses.dataclass
+class Prepared:
+    """Everything one generation needs: the static config, runtime params and the
+    initial state (before prefill). `generate` runs it; users may drive
+    `decode.prefill` and `decode.decode_step` on it themselves."""
+
+    config: D.EngineConfig
+    params: D.EngineParams
+    state: D.DecodeState
+    prefill_width: int
+    prompt_tokens: list[list[int]]  # the real prompts (padding rows for a mesh excluded)
+    tokenizer: Any = None
+
+
+def prepare(
     target: Model,
     prompts,
     *,
@@ -164,10 +184,12 @@ def generate(
     route=None,
     self_route=None,
     tau_accept: float = 0.9,
-    tau_slim: float = 0.6,
+    tau_slim: float = 0.8,
     lossless: bool = False,
     pending_bound: int | None = None,
     ngram: int = 3,
+    mix_lookup: int = 0,
+    draft_stop: float = 0.0,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -176,21 +198,9 @@ def generate(
     stop: Sequence | None = None,
     chat_template: bool = True,
     max_len: int | None = None,
-) -> GenerateResult:
-    """Generate continuations of `prompts` (a string, a list of ids, or a list of either).
-
-    mode: "ar" plain decoding; "sd" speculative decoding (every draft verified by the
-    full model); "via" the three tiers. Default: "via" with a drafter, "ar" without.
-    drafter: a `Model` with the target's vocabulary, "self" (the target over
-    `self_route`) or "lookup" (prompt lookup of up to `ngram`-grams).
-    route: the slim verifier's kept layers (default: the checkpoint's calibrated
-    route, else a hand-picked block skip of 40%). tau_accept / tau_slim: tier
-    thresholds in [0, 1]. lossless: re-check pending tokens with the full model.
-    pending_bound: most tokens a row may carry unverified (default: gamma).
-    temperature=0 is greedy. `stop` adds stop sequences (strings or token ids) to
-    the target's EOS ids. `max_len` fixes the cache length (default: prompt bucket
-    + max_new_tokens + draft slack, rounded up to 128).
-    """
+    mesh=None,
+) -> Prepared:
+    """Validate the options of `generate` and build its config, params and state."""
     mode = mode or ("ar" if drafter is None else "via")
     if mode not in D.MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(D.MODES)}")
@@ -203,19 +213,27 @@ def generate(
             raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
-        spec, drafter_model = _drafter_spec(target, drafter, ngram)
+        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup)
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
-                            int(gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
-                            bool(lossless))
+                            int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
+                            bool(lossless), mesh)
     sp = SamplingParams.make(temperature, top_k, top_p)
     tau_a, tau_s = _threshold("tau_accept", tau_accept), _threshold("tau_slim", tau_slim)
+    stop_below = _threshold("draft_stop", draft_stop)
     num_layers = target.config.num_layers
-    slim_keep = _mask(target.route if route is None else route, num_layers, 0.4)
+    slim_route = _mask(target.route if route is None else route, num_layers, 0.4)
     if spec is not None and spec.kind == "self":
-        draft_keep = _mask(self_route, num_layers, 0.6)
+        draft_route = _mask(target.self_route if self_route is None else self_route, num_layers, 0.6)
     else:
-        draft_keep = np.ones(drafter_model.config.num_layers if drafter_model else 1, bool)
+        draft_route = np.ones((drafter_model.config.num_layers if drafter_model else 1, 2), bool)
     ids = P.encode(target, P.normalize(prompts), chat_template)
+    num_prompts = len(ids)
+    if mesh is not None:
+        from viasd_jax import sharding as SH
+
+        target = SH.shard_model(target, mesh)
+        drafter_model = drafter_model and SH.shard_model(drafter_model, mesh)
+        ids = ids + [ids[0]] * (-len(ids) % mesh.shape[SH.DATA])  # whole rows per data shard
     slack = config.full_width + config.gamma + 2
     width, cache_len = plan_lengths([len(r) for r in ids], max_new_tokens, max_len, slack=slack)
     tokens, lengths = P.pad(ids, cache_len, target.pad_id)
@@ -223,27 +241,68 @@ def generate(
     draft_cache = None
     if spec is not None and spec.has_cache:
         draft_cache = init_cache(spec.cfg, b, cache_len, (drafter_model or target).dtype)
-    state = D.init_state(config, tokens, lengths, max_new_tokens, init_cache(target.config, b, cache_len, target.dtype),
-                         draft_cache, _seeds(seed, b))
+    budget = np.where(np.arange(b) < num_prompts, max_new_tokens, 0)  # padding rows are done at once
+    state = D.init_state(config, tokens, lengths, budget, init_cache(target.config, b, cache_len, target.dtype),
+                         draft_cache, _seeds(seed, num_prompts, b))
+    if mesh is not None:
+        state = SH.put_global(state, SH.state_shardings(mesh, state))
     params = D.EngineParams(
         target=target.params,
         drafter=drafter_model.params if drafter_model is not None else None,
-        slim_keep=jnp.asarray(slim_keep),
-        draft_keep=jnp.asarray(draft_keep),
+        slim_route=jnp.asarray(slim_route),
+        draft_route=jnp.asarray(draft_route),
         sampling=sp,
         tau_accept=jnp.asarray(tau_a, jnp.float32),
         tau_slim=jnp.asarray(tau_s, jnp.float32),
+        draft_stop=jnp.asarray(stop_below, jnp.float32),
         stops=jnp.asarray(stop_array(_stop_sequences(target, stop))),
     )
+    return Prepared(config, params, state, width, ids[:num_prompts], target.tokenizer)
+
+
+def collect(prepared: Prepared, out: D.DecodeState, seconds: float = 0.0, compile_s: float = 0.0) -> GenerateResult:
+    """Read a final state into a `GenerateResult`."""
+    from viasd_jax.sharding import to_host
+
+    k = len(prepared.prompt_tokens)
+    host = to_host({"n": out.n, "tokens": out.tokens, "origin": out.origin, "counters": out.counters})
+    n, toks, origin = host["n"], host["tokens"], host["origin"]
+    starts = [len(p) for p in prepared.prompt_tokens]
+    gen = [toks[i, starts[i] : n[i]].tolist() for i in range(k)]
+    origins = [[D.ORIGINS[o] for o in origin[i, starts[i] : n[i]]] for i in range(k)]
+    tok = prepared.tokenizer
+    texts = None if tok is None else [tok.decode(g, skip_special_tokens=True) for g in gen]
+    stats, rows = summarize({name: v[:k] for name, v in host["counters"].items()})
+    return GenerateResult(gen, texts, stats, rows, seconds, compile_s, prepared.prompt_tokens, origins)
+
+
+def generate(target: Model, prompts, **options) -> GenerateResult:
+    """Generate continuations of `prompts` (a string, a list of ids, or a list of either).
+
+    mode: "ar" plain decoding; "sd" speculative decoding (every draft verified by the
+    full model); "via" the three tiers. Default: "via" with a drafter, "ar" without.
+    drafter: a `Model` with the target's vocabulary, "self" (the target over
+    `self_route`) or "lookup" (prompt lookup of up to `ngram`-grams). mix_lookup:
+    with a model drafter, take prompt-lookup drafts whenever they offer at least this
+    many tokens (0 = off). draft_stop: a model drafter stops drafting once its top
+    probability falls below this (adaptive draft length; 0 = always gamma).
+    route: the slim verifier's route (layer indices, a `Route` or a route.json path;
+    default: the checkpoint's calibrated route, else a hand-picked 40% block skip).
+    tau_accept / tau_slim: tier thresholds in [0, 1]. lossless: re-check pending
+    tokens with the full model. pending_bound: most tokens a row may carry
+    unverified (default: 2 * gamma). temperature=0 is greedy; top_k, top_p; seed (an
+    int, or one per prompt). `stop` adds stop sequences (strings or token ids) to the
+    target's EOS ids. chat_template: string prompts go through the tokenizer's chat
+    template. `max_len` fixes the cache length (default: prompt bucket +
+    max_new_tokens + draft slack, rounded up to 128). `mesh` (from `make_mesh`)
+    shards rows over its data axis and heads, MLP and vocab over its model axis.
+    """
+    prepared = prepare(target, prompts, **options)
     t0 = time.perf_counter()
-    out, compile_s = run_compiled(D.generate_loop, {"config": config, "prefill_width": width}, params, state)
+    out, compile_s = run_compiled(D.generate_loop, {"config": prepared.config, "prefill_width": prepared.prefill_width},
+                                  prepared.params, prepared.state)
     out = jax.block_until_ready(out)
-    seconds = time.perf_counter() - t0
-    n = np.asarray(out.n)
-    toks = np.asarray(out.tokens)
-    gen = [toks[i, lengths[i] : n[i]].tolist() for i in range(b)]
-    texts = None
-    if target.tokenizer is not None:
-        texts = [target.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
-    stats, rows = summarize({k: np.asarray(v) for k, v in out.counters.items()})
-    return GenerateResult(gen, texts, stats, rows, seconds, compile_s, ids)
+    return collect(prepared, out, time.perf_counter() - t0, compile_s)
+
+
+generate.__signature__ = inspect.signature(prepare).replace(return_annotation=GenerateResult)

@@ -13,16 +13,19 @@ import jax.numpy as jnp
 
 from viasd_jax.config import ModelConfig
 from viasd_jax.params import Params
+from viasd_jax.route import Route, as_route
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A loaded model. `route` holds the kept layers of a calibrated route, or None."""
+    """A loaded model. `route` is the checkpoint's calibrated `Route` (`route.kept_layers`
+    lists its layers), or None."""
 
     config: ModelConfig
     params: Params
     tokenizer: Any = None
-    route: tuple[int, ...] | None = None
+    route: Route | None = None
+    self_route: Route | None = None
     eos_ids: tuple[int, ...] = ()
     bos_id: int | None = None
     pad_id: int = 0
@@ -56,16 +59,29 @@ def _tokenizer(directory: str):
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 
+def load_tokenizer(path: str):
+    """Only the tokenizer of a model path or default model name (no weights are read)."""
+    from viasd_jax import fetch
+
+    if not os.path.exists(path) and path in fetch.MODELS:
+        path = fetch.ensure_model(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    return _tokenizer(directory)
+
+
 def _to_device(params: Params, dtype) -> Params:
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
 
 
-def load(path: str, dtype=None, verify: bool = True) -> Model:
+def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | None = None) -> Model:
     """Load a model from a viasd-jax checkpoint, a Hugging Face directory or a .gguf file.
 
     `path` may also name a default model (see `viasd_jax.fetch.MODELS`), fetched
     and converted on first use. `dtype` ("float32", "bfloat16") casts the params;
     None keeps the checkpoint's. `verify` checks a viasd checkpoint's content hash.
+    `mesh` (from `make_mesh`) lays the params out on it; a viasd checkpoint is
+    restored straight into that layout. `quantize="int8"` makes every weight matrix
+    int8 with per-output-channel scales (weight-only; activations stay float).
     """
     import checkpoints_convert as cc
     from checkpoints_convert.hf import resolve_dtype
@@ -84,8 +100,16 @@ def load(path: str, dtype=None, verify: bool = True) -> Model:
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = gguf_to_hf(path, os.path.join(tmp, "hf"))
             return dataclasses.replace(load(hf_dir, dtype=dtype), path=path)
+    shardings_for = None
+    if mesh is not None:
+        from viasd_jax import sharding as SH
+
+        def shardings_for(cfg):
+            SH.check_divisible(mesh, cfg)
+            return SH.param_shardings(mesh, cfg)
+
     if cc.is_checkpoint(path):
-        cfg, params, manifest = cc.restore(path, verify=verify)
+        cfg, params, manifest = cc.restore(path, verify=verify, shardings_for=shardings_for)
         meta = manifest
     elif os.path.isfile(os.path.join(path, "config.json")):
         cfg, params, hf_config = cc.load_hf_checkpoint(path, dtype=target_dtype)
@@ -93,13 +117,20 @@ def load(path: str, dtype=None, verify: bool = True) -> Model:
     else:
         raise FileNotFoundError(f"{path}: neither a viasd-jax checkpoint (viasd.json) nor a Hugging Face directory (config.json)")
     params = _to_device(params, target_dtype or params.embed.dtype)
-    route = meta.get("route")
-    kept = tuple(route["kept_layers"]) if isinstance(route, dict) else (tuple(route) if route else None)
+    if quantize is not None:
+        from viasd_jax.quant import quantize_params
+
+        params = quantize_params(params, cfg, quantize)
+    if mesh is not None:
+        SH.check_divisible(mesh, cfg)
+        params = SH.put_global(params, SH.param_shardings(mesh, cfg, quantized=quantize is not None))
+    route, self_route = (as_route(meta[k], cfg.num_layers) if meta.get(k) else None for k in ("route", "self_route"))
     return Model(
         config=cfg,
         params=params,
         tokenizer=_tokenizer(path),
-        route=kept,
+        route=route,
+        self_route=self_route,
         eos_ids=tuple(meta.get("eos_ids", ())),
         bos_id=meta.get("bos_id"),
         pad_id=int(meta.get("pad_id", 0)),

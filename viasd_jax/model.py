@@ -18,6 +18,7 @@ import numpy as np
 from viasd_jax.cache import KVCache, write_layer
 from viasd_jax.config import ModelConfig
 from viasd_jax.params import Params
+from viasd_jax.quant import Int8Weight, dense
 
 _MASKED = -1e30
 
@@ -83,19 +84,18 @@ def _attention(cfg: ModelConfig, q, k_all, v_all, mask):
 
 
 def _mlp(cfg: ModelConfig, h, w_gate, w_up, w_down):
-    gate = jnp.einsum("btd,df->btf", h, w_gate)
-    up = jnp.einsum("btd,df->btf", h, w_up)
+    gate = dense(h, w_gate, "btd,df->btf")
+    up = dense(h, w_up, "btd,df->btf")
     act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    return jnp.einsum("btf,fd->btd", act * up, w_down)
+    return dense(act * up, w_down, "btf,fd->btd")
 
 
-def _layer(cfg, layers, idx, window, x, cache_k, cache_v, positions, inv_freq):
-    """One transformer block at layer `idx`; returns the new residual and caches."""
-    lp = jax.tree.map(lambda w: w[idx], layers)
+def _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq):
+    """Attention sublayer of layer `idx`: (residual delta, caches with its K/V written)."""
     h = rms_norm(x, lp.attn_norm, cfg)
-    q = jnp.einsum("btd,dnk->btnk", h, lp.wq)
-    k = jnp.einsum("btd,dgk->btgk", h, lp.wk)
-    v = jnp.einsum("btd,dgk->btgk", h, lp.wv)
+    q = dense(h, lp.wq, "btd,dnk->btnk")
+    k = dense(h, lp.wk, "btd,dgk->btgk")
+    v = dense(h, lp.wv, "btd,dgk->btgk")
     if cfg.qkv_bias:
         q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
     q = apply_rope(q, positions, inv_freq)
@@ -104,20 +104,53 @@ def _layer(cfg, layers, idx, window, x, cache_k, cache_v, positions, inv_freq):
     cache_v = write_layer(cache_v, idx, v, positions)
     mask = attention_mask(positions, cache_k.shape[3], window)
     attn = _attention(cfg, q, cache_k[idx], cache_v[idx], mask)
-    o = jnp.einsum("btnk,nkd->btd", attn, lp.wo)
+    o = dense(attn, lp.wo, "btnk,nkd->btd")
     if cfg.out_bias:
         o = o + lp.bo
     if cfg.post_norms:
         o = rms_norm(o, lp.post_attn_norm, cfg)
-    x = x + o
+    return o, cache_k, cache_v
+
+
+def _mlp_block(cfg, lp, x):
+    """MLP sublayer: the residual delta."""
     m = _mlp(cfg, rms_norm(x, lp.mlp_norm, cfg), lp.w_gate, lp.w_up, lp.w_down)
-    if cfg.post_norms:
-        m = rms_norm(m, lp.post_mlp_norm, cfg)
-    return x + m, cache_k, cache_v
+    return rms_norm(m, lp.post_mlp_norm, cfg) if cfg.post_norms else m
+
+
+def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq):
+    """Layer `idx` under its route row `[2]` (attention, MLP).
+
+    A bool row skips sublayers under `lax.cond`: weights are sliced inside the taken
+    branch, so a skipped sublayer reads neither weights nor cache. A float row scales
+    each sublayer's residual delta (the relaxed gates that route calibration trains).
+    """
+
+    def layer_params():
+        return jax.tree.map(lambda w: w[idx], layers)
+
+    def attn(c):
+        o, ck, cv = _attn_block(cfg, layer_params(), idx, window, *c, positions, inv_freq)
+        return c[0] + o, ck, cv
+
+    def mlp(h):
+        return h + _mlp_block(cfg, layer_params(), h)
+
+    if route_row.dtype == jnp.bool_:
+        x, cache_k, cache_v = jax.lax.cond(route_row[0], attn, lambda c: c, (x, cache_k, cache_v))
+        return jax.lax.cond(route_row[1], mlp, lambda h: h, x), cache_k, cache_v
+    lp = layer_params()
+    o, cache_k, cache_v = _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq)
+    x = x + route_row[0].astype(x.dtype) * o
+    return x + route_row[1].astype(x.dtype) * _mlp_block(cfg, lp, x), cache_k, cache_v
 
 
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
-    x = jnp.take(params.embed, tokens, axis=0)
+    table = params.embed
+    if isinstance(table, Int8Weight):
+        x = jnp.take(table.q, tokens, axis=0).astype(table.dtype) * jnp.take(table.scale, tokens, axis=0)
+    else:
+        x = jnp.take(table, tokens, axis=0)
     if cfg.embed_scale != 1.0:
         x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     return x
@@ -129,28 +162,28 @@ def forward(
     tokens: jax.Array,  # [B, T] int32
     positions: jax.Array,  # [B, T] int32; negative marks padding
     cache: KVCache,
-    keep: jax.Array | None = None,  # [L] bool: layers to run; None = all
+    route: jax.Array | None = None,  # [L] or [L, 2] (attention, MLP): bool mask or float gates
 ) -> tuple[jax.Array, KVCache]:
     """Run the (routed) layer stack; returns final-normed hidden states `[B, T, D]`.
 
-    K/V of the new tokens are written into `cache` at `positions` for every kept
-    layer; `cache.lengths` is left to the caller. Call `logits` on the result.
+    `route` None runs every layer; `[L]` keeps or skips whole layers; `[L, 2]` each
+    layer's attention and MLP separately. K/V of the new tokens are written into
+    `cache` at `positions` for every kept attention sublayer; `cache.lengths` is
+    left to the caller. Call `logits` on the result.
     """
-    if keep is None:
-        keep = jnp.ones((cfg.num_layers,), bool)
+    if route is None:
+        route = jnp.ones((cfg.num_layers, 2), bool)
+    if route.ndim == 1:
+        route = jnp.stack([route, route], axis=-1)
     inv_freq = rope_inv_freq(cfg)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
     x = embed(params, cfg, tokens)
 
     def body(carry, xs):
-        idx, keep_layer, window = xs
+        idx, route_row, window = xs
+        return _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq), None
 
-        def run(c):
-            return _layer(cfg, params.layers, idx, window, *c, positions, inv_freq)
-
-        return jax.lax.cond(keep_layer, run, lambda c: c, carry), None
-
-    xs = (jnp.arange(cfg.num_layers), keep, windows)
+    xs = (jnp.arange(cfg.num_layers), route, windows)
     (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
     x = rms_norm(x, params.final_norm, cfg)
     return x, KVCache(k=k, v=v, lengths=cache.lengths)
@@ -159,7 +192,7 @@ def forward(
 def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """LM head: hidden `[..., D]` -> float32 logits `[..., V]` (soft-capped if configured)."""
     if params.lm_head is None:
-        out = jnp.einsum("...d,vd->...v", hidden, params.embed, preferred_element_type=jnp.float32)
+        out = dense(hidden, params.embed, "...d,vd->...v")
     else:
-        out = jnp.einsum("...d,dv->...v", hidden, params.lm_head, preferred_element_type=jnp.float32)
-    return _softcap(out, cfg.final_softcap)
+        out = dense(hidden, params.lm_head, "...d,dv->...v")
+    return _softcap(out.astype(jnp.float32), cfg.final_softcap)

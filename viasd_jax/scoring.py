@@ -18,16 +18,16 @@ from viasd_jax.route import route_mask
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _score(params: Params, tokens: jax.Array, keep: jax.Array, *, cfg: ModelConfig) -> jax.Array:
+def _score(params: Params, tokens: jax.Array, route: jax.Array, *, cfg: ModelConfig) -> jax.Array:
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, params.embed.dtype), keep)
+    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, params.embed.dtype), route)
     return M.logits(params, cfg, hidden)
 
 
 def score(model: Model, token_ids, route=None) -> jax.Array:
     """Float32 logits `[B, T, V]` of the full model, or of the slim verifier that
-    keeps the layers of `route` (a list of layer indices)."""
+    keeps `route` (layer indices, a `Route`, a route dict or a route.json path)."""
     tokens = np.asarray(token_ids)
     if tokens.ndim == 1:
         tokens = tokens[None]
@@ -35,10 +35,10 @@ def score(model: Model, token_ids, route=None) -> jax.Array:
         raise ValueError(f"token_ids must be a non-empty int array [B, T], got shape {tokens.shape}, {tokens.dtype}")
     if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
         raise ValueError(f"token_ids outside the vocabulary [0, {model.config.vocab_size})")
-    keep = route_mask(route, model.config.num_layers)
+    mask = route_mask(route, model.config.num_layers)
     t = tokens.shape[1]
     # Pad to a length bucket so that sequences of similar length share one compile;
     # causal attention makes the trailing padding invisible to the real tokens.
     padded = np.zeros((tokens.shape[0], bucket(t)), np.int32)
     padded[:, :t] = tokens
-    return _score(model.params, jnp.asarray(padded), jnp.asarray(keep), cfg=model.config)[:, :t]
+    return _score(model.params, jnp.asarray(padded), jnp.asarray(mask), cfg=model.config)[:, :t]

@@ -53,6 +53,7 @@ class TierResult:
     settled: jax.Array  # [B] leading drafts settled by tiers A/B (committed)
     tier_a: jax.Array  # [B] how many of those were tier A
     tier_b: jax.Array  # [B] how many were tier B
+    tier_a_mask: jax.Array  # [B, G] bool: draft i is tier A
     escalate: jax.Array  # [B] bool: draft `settled` is tier C (it and later drafts go to the full pass)
     corrected: jax.Array  # [B] bool: draft `settled` was rejected by the slim verifier (tier B)
     correction: jax.Array  # [B] token replacing the rejected draft
@@ -102,6 +103,7 @@ def tiers(
         settled=settled,
         tier_a=jnp.sum(prefix & tier_a, axis=1),
         tier_b=jnp.sum(prefix & ~tier_a, axis=1),
+        tier_a_mask=tier_a,
         escalate=stopped & ~at_stop_b,
         corrected=stopped & at_stop_b,
         correction=jnp.where(greedy, take(slim_top, settled), residual),

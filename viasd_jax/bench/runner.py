@@ -1,4 +1,10 @@
-"""Run systems over prompts, interleaved prompt by prompt, and summarize as JSON."""
+"""Run systems over prompts, interleaved prompt by prompt, and summarize as JSON.
+
+Every system runs on the same prompt before the next prompt starts, in an order
+rotated per prompt, so drift on a shared machine hits all systems alike. Each
+system is warmed up (compiled) first; compile time is reported separately and
+never counted in tokens/s.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,24 @@ from tqdm.auto import tqdm
 
 import viasd_jax
 from viasd_jax import prompts as P
+from viasd_jax.bench import costs, quality
+from viasd_jax.route import route_mask
 from viasd_jax.bench.systems import make_systems
 
-SPEC_COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes")
+SPEC_COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes", "rounds",
+                 "rollbacks")
+REFERENCE_SYSTEM = "viasd-ar"
+
+
+def bounds_line(b: dict) -> str:
+    parts = [f"target forward {b['target_forward_s'] * 1e3:.0f} ms", f"v(gamma={b['gamma']}) {b['v']:.2f}"]
+    if "c" in b:
+        parts.append(f"c {b['c']:.2f}")
+    if "slim_cost" in b:
+        parts.append(f"slim pass {b['slim_cost']:.2f}")
+    parts.append(f"bandwidth {b['bandwidth_gbs']:.1f} GB/s, weights {b['weight_gb']:.2f} GB/token, "
+                 f"floor {b['floor_tok_s']:.2f} tok/s")
+    return "costs (in target forwards): " + "; ".join(parts)
 
 
 def read_prompts(path: str, limit: int | None = None, tasks: Sequence[str] | None = None) -> list[dict]:
@@ -28,7 +49,8 @@ def read_prompts(path: str, limit: int | None = None, tasks: Sequence[str] | Non
             try:
                 row = json.loads(line)
                 row["prompt"], row.setdefault("task", "unknown"), row.setdefault("id", str(i))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                row.setdefault("reference", None)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise ValueError(f"{path}:{i}: expected a JSON object with task, id, prompt, reference") from None
             if tasks is None or row["task"] in tasks:
                 rows.append(row)
@@ -73,26 +95,32 @@ def machine_info() -> dict:
     return info
 
 
-def agreement(tokens: list[int], reference: list[int]) -> float:
-    """Share of generated tokens equal, position by position, to the reference."""
-    if not tokens:
-        return 1.0 if not reference else 0.0
-    return sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
+def matches(tokens: list[int], reference: list[int]) -> int:
+    """Generated tokens equal, position by position, to the reference."""
+    return sum(a == b for a, b in zip(tokens, reference))
 
 
 def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
               max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
-              options: dict | None = None, progress: bool = True) -> dict:
+              options: dict | None = None, with_quality: bool = True, progress: bool = True,
+              quantize: str | None = None) -> dict:
     """Run every system on every prompt (order rotated per prompt) and return the report."""
     rows = read_prompts(prompts_path, limit)
-    target = viasd_jax.load(target_path, dtype=dtype)
-    drafter = viasd_jax.load(drafter_path, dtype=dtype) if drafter_path else None
+    systems = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the target's greedy text is the reference
+    target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize)
+    drafter = viasd_jax.load(drafter_path, dtype=dtype, quantize=quantize) if drafter_path else None
     runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
                            options=options)
     ids = P.encode(target, [r["prompt"] for r in rows], chat_template=True)
     compile_s = {s.name: 0.0 for s in runners}
     for s in tqdm(runners, desc="warm-up", disable=not progress):
         compile_s[s.name] += s.run(ids[0], 4).compile_seconds
+    o = options or {}
+    slim = route_mask(o["route"], target.config.num_layers) if o.get("route") else (
+        target.route.mask() if target.route else None)
+    bounds = costs.measure(target, drafter, o.get("gamma", 4), slim)
+    if progress:
+        print(bounds_line(bounds), flush=True)
     runs = []
     bar = tqdm(total=len(rows) * len(runners), desc="bench", disable=not progress)
     for i, (row, prompt_ids) in enumerate(zip(rows, ids)):
@@ -106,24 +134,36 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
                          **{k: out.stats[k] for k in SPEC_COUNTERS if k in out.stats}})
             bar.update()
     bar.close()
-    _add_agreement(runs)
+    add_agreement(runs)
+    if with_quality:
+        add_quality(runs, rows, target.tokenizer, progress)
     return {
-        "config": {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": list(systems),
-                   "max_new_tokens": max_new_tokens, "dtype": dtype, "num_prompts": len(rows), **(options or {}),
+        "config": {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
+                   "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "num_prompts": len(rows),
+                   **{k: v for k, v in (options or {}).items()},
                    "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "machine": machine_info(),
         "compile_seconds": compile_s,
+        "costs": bounds,
         "runs": runs,
-        "summary": summarize(runs, list(systems)),
+        "summary": summarize(runs, systems),
     }
 
 
-def _add_agreement(runs: list[dict]) -> None:
-    """Agreement with the target's own greedy output (viasd-ar's run on the prompt)."""
-    reference = {r["prompt_id"]: r["tokens"] for r in runs if r["system"] == "viasd-ar"}
+def add_agreement(runs: list[dict]) -> None:
+    """Per run: tokens equal, position by position, to the target's own greedy output."""
+    reference = {r["prompt_id"]: r["tokens"] for r in runs if r["system"] == REFERENCE_SYSTEM}
     for r in runs:
-        if r["prompt_id"] in reference:
-            r["agreement"] = agreement(r["tokens"], reference[r["prompt_id"]])
+        r["matches"] = matches(r["tokens"], reference[r["prompt_id"]])
+        r["agreement"] = r["matches"] / r["new_tokens"] if r["new_tokens"] else 1.0
+
+
+def add_quality(runs: list[dict], rows: list[dict], tokenizer, progress: bool = True) -> None:
+    by_id = {r["id"]: r for r in rows}
+    for r in tqdm(runs, desc="quality", disable=not progress):
+        row = by_id[r["prompt_id"]]
+        r["text"] = tokenizer.decode(r["tokens"], skip_special_tokens=True) if tokenizer else ""
+        r["quality"] = quality.task_scores(row["task"], row["id"], row["reference"], r["text"])
 
 
 def summarize(runs: list[dict], systems: list[str]) -> dict:
@@ -131,12 +171,48 @@ def summarize(runs: list[dict], systems: list[str]) -> dict:
     for name in systems:
         mine = [r for r in runs if r["system"] == name]
         tokens, seconds = sum(r["new_tokens"] for r in mine), sum(r["seconds"] for r in mine)
-        drafted, rejected = sum(r.get("drafted", 0) for r in mine), sum(r.get("rejected", 0) for r in mine)
-        agree = [r["agreement"] for r in mine if "agreement" in r]
-        out[name] = {"tok_s": tokens / seconds if seconds else 0.0, "new_tokens": tokens, "seconds": seconds,
-                     "rejection_rate": rejected / drafted if drafted else None,
-                     "agreement": sum(agree) / len(agree) if agree else None}
-    if "viasd-ar" in out and out["viasd-ar"]["tok_s"]:
-        for s in out.values():
-            s["speedup_vs_ar"] = s["tok_s"] / out["viasd-ar"]["tok_s"]
+        total = {k: sum(r.get(k, 0) for r in mine) for k in SPEC_COUNTERS}
+        s = {"tok_s": tokens / seconds if seconds else 0.0, "new_tokens": tokens, "seconds": seconds,
+             "rejection_rate": total["rejected"] / total["drafted"] if total["drafted"] else None,
+             "agreement": sum(r["matches"] for r in mine) / tokens if tokens else None,
+             "quality": _quality_means(mine)}
+        if total["drafted"]:
+            s["tiers"] = {t: total[t] / total["drafted"] for t in ("tier_a", "tier_b", "tier_c", "rejected")}
+            s["tokens_per_round"] = tokens / total["rounds"] if total["rounds"] else None
+            s["full_passes_per_token"] = total["full_passes"] / tokens if tokens else None
+            s["counters"] = total
+        s["per_task"] = {t: _speed(r for r in mine if r["task"] == t) for t in sorted({r["task"] for r in mine})}
+        out[name] = s
+    ref = out.get(REFERENCE_SYSTEM)
+    for s in out.values():
+        s["speedup_vs_ar"] = s["tok_s"] / ref["tok_s"] if ref and ref["tok_s"] else None
+        for task, t in s["per_task"].items():
+            base = ref["per_task"].get(task, {}).get("tok_s") if ref else None
+            t["speedup_vs_ar"] = t["tok_s"] / base if base else None
     return out
+
+
+def _speed(runs) -> dict:
+    runs = list(runs)
+    tokens, seconds = sum(r["new_tokens"] for r in runs), sum(r["seconds"] for r in runs)
+    return {"tok_s": tokens / seconds if seconds else 0.0,
+            "agreement": sum(r["matches"] for r in runs) / tokens if tokens else None}
+
+
+def rescore(report: dict, prompts_path: str, tokenizer=None, with_quality: bool = True) -> dict:
+    """Recompute agreement, task quality and the summary of a saved report (no generation)."""
+    rows = read_prompts(prompts_path)
+    add_agreement(report["runs"])
+    if with_quality:
+        add_quality(report["runs"], rows, tokenizer)
+    report["summary"] = summarize(report["runs"], report["config"]["systems"])
+    return report
+
+
+def _quality_means(runs: list[dict]) -> dict:
+    """{task: {metric: mean over prompts}}."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        for metric, value in (r.get("quality") or {}).items():
+            acc.setdefault(r["task"], {}).setdefault(metric, []).append(value)
+    return {t: {m: sum(v) / len(v) for m, v in ms.items()} for t, ms in sorted(acc.items())}

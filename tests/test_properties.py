@@ -1,0 +1,112 @@
+"""Property tests (hypothesis) of the verification step on random distributions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from viasd_jax.verify import tiers, verify_chain
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def cases(draw):
+    b = draw(st.integers(1, 3))
+    g = draw(st.integers(1, 4))
+    v = draw(st.integers(2, 7))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    sharp = draw(st.sampled_from([0.3, 1.0, 4.0]))
+
+    def dist(*shape):
+        x = rng.standard_normal(shape + (v,)) * sharp
+        x[rng.random(shape + (v,)) < 0.15] = -np.inf  # some impossible tokens
+        x[..., 0] = np.where(np.isinf(x).all(-1), 0.0, x[..., 0])
+        return np.asarray(jax.nn.log_softmax(jnp.asarray(x), -1))
+
+    draft_logp = dist(b, g)
+    drafts = np.stack([[rng.choice(v, p=np.exp(draft_logp[i, j])) for j in range(g)] for i in range(b)])
+    return dict(
+        b=b, g=g, v=v, seed=seed, drafts=drafts.astype(np.int32), draft_logp=draft_logp, slim_logp=dist(b, g + 1),
+        target_logp=dist(b, g + 1), n_draft=rng.integers(0, g + 1, b).astype(np.int32),
+        tau_a=draw(st.floats(0, 1)), tau_s=draw(st.floats(0, 1)), greedy=draw(st.booleans()))
+
+
+@SETTINGS
+@given(cases())
+def test_tier_invariants(c):
+    tr = tiers(jax.random.split(jax.random.key(c["seed"]), c["b"]), jnp.asarray(c["drafts"]),
+               jnp.asarray(c["draft_logp"]), jnp.asarray(c["slim_logp"]), jnp.asarray(c["n_draft"]), c["tau_a"],
+               c["tau_s"], jnp.asarray(c["greedy"]), with_effective=True)
+    settled, n_draft = np.asarray(tr.settled), c["n_draft"]
+    assert (settled <= n_draft).all() and (settled >= 0).all()
+    np.testing.assert_array_equal(np.asarray(tr.tier_a) + np.asarray(tr.tier_b), settled)
+    stopped = settled < n_draft
+    np.testing.assert_array_equal(np.asarray(tr.escalate) | np.asarray(tr.corrected), stopped)
+    assert not (np.asarray(tr.escalate) & np.asarray(tr.corrected)).any()
+    assert not (np.asarray(tr.bonus_ok) & stopped).any()
+    for tok in (tr.correction, tr.bonus):
+        assert ((np.asarray(tok) >= 0) & (np.asarray(tok) < c["v"])).all()
+    slim = np.exp(c["slim_logp"])
+    for i in range(c["b"]):
+        if np.asarray(tr.corrected)[i]:
+            assert slim[i, settled[i]].max() >= c["tau_s"]  # only a confident slim verifier corrects
+            assert slim[i, settled[i], np.asarray(tr.correction)[i]] > 0
+        if np.asarray(tr.escalate)[i]:
+            assert slim[i, settled[i]].max() < c["tau_s"]
+        if c["greedy"]:  # greedy settles only slim-argmax drafts and corrects to the argmax
+            for j in range(settled[i]):
+                assert slim[i, j, c["drafts"][i, j]] == slim[i, j].max()
+            if np.asarray(tr.corrected)[i]:
+                assert np.asarray(tr.correction)[i] == slim[i, settled[i]].argmax()
+    eff = np.exp(np.asarray(tr.effective))
+    np.testing.assert_allclose(eff.sum(-1), 1.0, atol=1e-5)
+
+
+@SETTINGS
+@given(cases())
+def test_chain_invariants(c):
+    b, g = c["b"], c["g"]
+    chain, chain_len = jnp.asarray(c["drafts"]), jnp.asarray(c["n_draft"])
+    acc, nxt = verify_chain(jax.random.split(jax.random.key(c["seed"]), b), chain, chain_len,
+                            jnp.asarray(c["target_logp"]), jnp.asarray(c["draft_logp"]), jnp.asarray(c["greedy"]))
+    acc, nxt = np.asarray(acc), np.asarray(nxt)
+    q = np.exp(c["target_logp"])
+    assert ((acc >= 0) & (acc <= c["n_draft"])).all()
+    assert ((nxt >= 0) & (nxt < c["v"])).all()
+    for i in range(b):
+        assert q[i, acc[i], nxt[i]] > 0  # the next token is possible under the target
+        if c["greedy"]:
+            for j in range(acc[i]):  # the accepted prefix is the target's argmax chain
+                assert c["drafts"][i, j] == q[i, j].argmax()
+            assert nxt[i] == q[i, acc[i]].argmax()
+        else:
+            for j in range(acc[i]):
+                assert q[i, j, c["drafts"][i, j]] > 0
+            if acc[i] < c["n_draft"][i]:  # a rejected position never repeats a token q/r forbids
+                r = np.exp(c["draft_logp"][i, acc[i]])
+                assert q[i, acc[i], nxt[i]] > r[nxt[i]] or np.isclose(np.maximum(q[i, acc[i]] - r, 0).sum(), 0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(2, 6), st.integers(0, 10_000))
+def test_sampled_acceptance_and_residual_follow_the_formulas(v, seed):
+    """P(accept y) = min(1, q(y)/r(y)); on rejection the token follows norm(max(0, q - r))."""
+    rng = np.random.default_rng(seed)
+    q, r = rng.dirichlet(np.ones(v)), rng.dirichlet(np.ones(v))
+    y = int(rng.choice(v, p=r))
+    n = 6000
+    qs = jnp.broadcast_to(jnp.log(jnp.asarray([q, q], jnp.float32)), (n, 2, v))
+    rs = jnp.broadcast_to(jnp.log(jnp.asarray([r], jnp.float32)), (n, 1, v))
+    acc, nxt = verify_chain(jax.random.split(jax.random.key(seed), n), jnp.full((n, 1), y, jnp.int32),
+                            jnp.ones(n, jnp.int32), qs, rs, jnp.asarray(False))
+    acc, nxt = np.asarray(acc), np.asarray(nxt)
+    p_acc = min(1.0, q[y] / r[y])
+    assert abs(acc.mean() - p_acc) < 4 * np.sqrt(p_acc * (1 - p_acc) / n) + 1e-3
+    if (acc == 0).sum() > 500:
+        res = np.maximum(q - r, 0)
+        res /= res.sum()
+        freq = np.bincount(nxt[acc == 0], minlength=v) / (acc == 0).sum()
+        assert np.abs(freq - res).max() < 0.05
