@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def free_compiled_programs():
+    """Each test module compiles dozens of programs; without freeing them the suite's
+    process passes the kernel's memory-map limit and XLA crashes while compiling."""
+    yield
+    from viasd_jax.generate import clear_compiled
+
+    clear_compiled()
+
+
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory):
     """{family: directory} of tiny random HF models (with a tokenizer), built once."""

@@ -212,6 +212,16 @@ def ensure_hf(name: str, progress: bool = True) -> str:
     return hf_dir
 
 
+def packaged_route(name: str, kind: str = "route") -> dict | None:
+    """The route shipped in the package for a registered model (`kind` "route" for the
+    slim verifier, "self_route" for the self-drafter), or None. See docs/routing.md."""
+    from importlib import resources
+
+    suffix = "" if kind == "route" else ".self"
+    f = resources.files("viasd_jax").joinpath(f"data/routes/{name}{suffix}.json")
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
 def ensure_model(name: str, progress: bool = True) -> str:
     """Our checkpoint of a registered model: fetched, converted once, then cached."""
     from checkpoints_convert import convert, is_checkpoint

@@ -37,6 +37,19 @@ def compile_count() -> int:
     return len(_COMPILE_SECONDS)
 
 
+def clear_compiled() -> None:
+    """Free every program `generate` (and jax) has compiled in this process.
+
+    Each XLA CPU executable holds hundreds of memory mappings; a long-lived process
+    that compiles many shapes can reach the kernel's limit (vm.max_map_count, 65530
+    by default) and crash inside the compiler. Call this between unrelated jobs."""
+    import gc
+
+    _COMPILED.clear()
+    jax.clear_caches()
+    gc.collect()
+
+
 def _signature(tree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)

@@ -88,7 +88,10 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     from viasd_jax import fetch
 
     if not os.path.exists(path) and path in fetch.MODELS:
-        path = fetch.ensure_model(path)
+        model = load(fetch.ensure_model(path), dtype=dtype, verify=verify, mesh=mesh, quantize=quantize)
+        shipped = {k: fetch.packaged_route(path, k) for k in ("route", "self_route")}
+        return dataclasses.replace(model, **{k: as_route(v, model.config.num_layers)
+                                             for k, v in shipped.items() if v and getattr(model, k) is None})
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory (expected a checkpoint directory or .gguf file)")
     target_dtype = None if dtype is None else resolve_dtype(dtype)

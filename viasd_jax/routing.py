@@ -37,7 +37,7 @@ from viasd_jax.cache import init_cache
 from viasd_jax.config import ModelConfig
 from viasd_jax.loading import Model
 from viasd_jax.params import Params
-from viasd_jax.prompts import bucket
+from viasd_jax.prompts import round_up
 from viasd_jax.route import Route, sublayer_bytes
 
 METHODS = ("greedy", "gates", "random")
@@ -80,7 +80,7 @@ def calibration_data(model: Model, token_batches: Sequence[Sequence[int]], score
     if len(seqs) < 2 or any(len(s) < 2 for s in seqs):
         raise ValueError("calibration needs at least two sequences of two or more tokens")
     starts = [len(s) // 2 for s in seqs] if score_from is None else [max(0, int(x) - 1) for x in score_from]
-    width = bucket(max(len(s) for s in seqs))
+    width = round_up(max(len(s) for s in seqs), 32)  # few shapes, little padding
     num_pos = max(len(s) - 1 - st for s, st in zip(seqs, starts))
     tokens = np.zeros((len(seqs), width), np.int32)
     positions = np.zeros((len(seqs), max(num_pos, 1)), np.int32)
