@@ -24,7 +24,7 @@ import numpy as np
 import viasd_jax
 from viasd_jax import routing as R
 from viasd_jax.bench.runner import read_prompts
-from viasd_jax.route import Route
+from viasd_jax.route import Route, as_route, default_route
 
 
 def naive_routes(cfg, ratio: float) -> dict[str, Route]:
@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--gate-steps", type=int, default=8)
     ap.add_argument("--random-trials", type=int, default=8)
     ap.add_argument("--recheck", type=int, default=3)
+    ap.add_argument("--skip-naive", action="store_true", help="only the calibration methods")
+    ap.add_argument("--reuse", action="store_true", help="score routes an earlier run saved in --out")
     ap.add_argument("--out", default="runs/routes")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -91,18 +93,27 @@ def main():
         print(f"{name:14s} ratio {ratio:.2f} (skips {route.skip_ratio(cfg):.3f}): dev KL {kl:.4f} top-1 {top1:.3f}",
               flush=True)
 
-    for ratio in ratios:
-        for name, route in naive_routes(cfg, ratio).items():
-            record(name, ratio, route)
+    if not args.skip_naive:
+        for ratio in ratios:
+            for name, route in naive_routes(cfg, ratio).items():
+                record(name, ratio, route)
+            record("hand-block", ratio, default_route(cfg.num_layers, ratio))
     for method in args.methods.split(","):
         kw = {"greedy": {"recheck": args.recheck}, "gates": {"steps": args.gate_steps}, "random": {"trials": args.random_trials}}[method]
+        saved = [os.path.join(args.out, f"{method}-{r}.json") for r in ratios]
+        if args.reuse and all(os.path.isfile(p) for p in saved):  # calibrated by an earlier run
+            for ratio, path in zip(ratios, saved):
+                route = as_route(path, cfg.num_layers)
+                record(method, ratio, route, route.info.get("seconds"))
+            continue
         t0 = time.perf_counter()
         routes = R.calibrate_route(model, calib, ratios, method=method, granularity=args.granularity, **kw)
         seconds = time.perf_counter() - t0
         for ratio in ratios:
             record(method, ratio, routes[ratio], seconds / (1 if method == "greedy" else len(ratios)))
 
-    with open(os.path.join(args.out, "report.json"), "w") as f:
+    name = "report" if not args.skip_naive and args.methods == "greedy,gates,random" else f"report-{args.methods}"
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump({"args": vars(args), "calibration_shape": list(calib.tokens.shape),
                    "evaluation_shape": list(evald.tokens.shape), "rows": rows}, f, indent=1)
     lines = ["| skip ratio | method | skips (bytes) | dev KL | dev top-1 | calibration s |", "|---|---|---:|---:|---:|---:|"]
@@ -111,7 +122,7 @@ def main():
         lines.append(f"| {r['target_ratio']:.2f} | {r['method']} | {r['skip_ratio']:.3f} | {r['dev_kl']:.4f} | "
                      f"{r['dev_top1']:.3f} | {secs} |")
     table = "\n".join(lines)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(table + "\n")
     print(table)
 

@@ -325,10 +325,9 @@ def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer"
     def gates_of(theta):
         return fixed + jnp.einsum("u,ulc->lc", jax.nn.sigmoid(theta), unit_cols)
 
-    def loss(theta):
+    def loss(theta, params, tokens, positions, valid, teacher):  # data as arguments, not captured constants
         g = gates_of(theta)
-        kl, _ = route_divergence(scorer.model.params, scorer.tokens, scorer.positions, scorer.valid, scorer.teacher,
-                                 g, cfg=cfg)
+        kl, _ = route_divergence(params, tokens, positions, valid, teacher, g, cfg=cfg)
         kept = jnp.sum(g * cell_bytes)
         return kl + penalty * jnp.maximum(kept - budget, 0.0) ** 2, kl
 
@@ -338,7 +337,8 @@ def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer"
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
     bar = tqdm(range(steps), desc="gates", disable=not progress)
     for _ in bar:
-        (value, kl), grad = step(theta)
+        (value, kl), grad = step(theta, scorer.model.params, scorer.tokens, scorer.positions, scorer.valid,
+                                 scorer.teacher)
         scorer.evaluations += 1
         updates, state = opt.update(grad, state)
         theta = optax.apply_updates(theta, updates)
