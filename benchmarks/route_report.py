@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--eval-prompts", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--gate-steps", type=int, default=8)
+    ap.add_argument("--gate-lr", type=float, default=0.3)
     ap.add_argument("--random-trials", type=int, default=8)
     ap.add_argument("--recheck", type=int, default=3)
     ap.add_argument("--skip-naive", action="store_true", help="only the calibration methods")
@@ -99,7 +100,7 @@ def main():
                 record(name, ratio, route)
             record("hand-block", ratio, default_route(cfg.num_layers, ratio))
     for method in args.methods.split(","):
-        kw = {"greedy": {"recheck": args.recheck}, "gates": {"steps": args.gate_steps}, "random": {"trials": args.random_trials}}[method]
+        kw = {"greedy": {"recheck": args.recheck}, "gates": {"steps": args.gate_steps, "lr": args.gate_lr}, "random": {"trials": args.random_trials}}[method]
         saved = [os.path.join(args.out, f"{method}-{r}.json") for r in ratios]
         if args.reuse and all(os.path.isfile(p) for p in saved):  # calibrated by an earlier run
             for ratio, path in zip(ratios, saved):

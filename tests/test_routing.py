@@ -118,3 +118,16 @@ def test_cli_calibrate(deep, tmp_path, capsys):
                  "--new-tokens", "8", "--out", out]) == 0
     assert os.path.isfile(out) and "held-back KL" in capsys.readouterr().out
     assert main(["calibrate", "--target", hf_dir, "--skip-ratio", "1.5", "--out", out]) == 2
+
+
+def test_default_target_ships_a_calibrated_route():
+    from viasd_jax import fetch
+    from viasd_jax.route import as_route
+
+    for kind, least in (("route", 0.3), ("self_route", 0.5)):
+        d = fetch.packaged_route(fetch.DEFAULT_TARGET, kind)
+        route = as_route(d, 28)  # validates layers
+        assert d["skip_ratio"] >= least and d["method"] == "greedy"
+        assert 0 in route.kept_layers and 27 in route.kept_layers
+        assert {"data_hash", "heldout_kl", "heldout_top1"} <= set(d)
+    assert fetch.packaged_route("smollm2-135m") is None

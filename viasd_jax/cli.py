@@ -164,6 +164,7 @@ def cmd_calibrate(args) -> None:
     import viasd_jax
     from viasd_jax import routing
 
+    routing.check_options(args.skip_ratio, args.method, args.granularity)
     target = viasd_jax.load(args.target, dtype=args.dtype)
     prompts = _read_prompts(args) if (args.prompt or args.prompts) else routing.default_calibration_prompts()
     print(f"generating calibration text: {len(prompts)} prompts x {args.new_tokens} tokens", file=sys.stderr)

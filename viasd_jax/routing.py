@@ -356,6 +356,19 @@ def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer"
 # ---------------------------------------------------------------- public entry point
 
 
+def check_options(skip_ratio, method: str, granularity: str) -> list[float]:
+    """Validate calibration options (before any expensive work); returns the ratios."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+    ratios = [skip_ratio] if np.isscalar(skip_ratio) else list(skip_ratio)
+    for r in ratios:
+        if not 0.0 < float(r) < 1.0:  # also rejects NaN
+            raise ValueError(f"skip_ratio must be in (0, 1), got {r}")
+    return ratios
+
+
 def calibrate_route(model: Model, token_batches, skip_ratio: float | Sequence[float], method: str = "greedy",
                     *, granularity: str = "sublayer", keep_first_last: bool = True, holdout: float = 0.25,
                     seed: int = 0, progress: bool = True, **method_kw) -> Route | dict[float, Route]:
@@ -367,14 +380,7 @@ def calibrate_route(model: Model, token_batches, skip_ratio: float | Sequence[fl
     held back to report the route's KL and top-1 agreement. Returns a `Route` (or
     {ratio: Route}) whose `info` records the method, data hash and held-back scores.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
-    ratios = [skip_ratio] if np.isscalar(skip_ratio) else list(skip_ratio)
-    for r in ratios:
-        if not 0.0 < float(r) < 1.0:
-            raise ValueError(f"skip_ratio must be in (0, 1), got {r}")
+    ratios = check_options(skip_ratio, method, granularity)
     data = token_batches if isinstance(token_batches, CalibrationData) else calibration_data(model, token_batches)
     calib, held = data.split(holdout)
     scorer = Scorer(model, calib)
