@@ -123,7 +123,7 @@ def plot_pareto(report: dict, path: str) -> str:
             ax.annotate(p[0].replace("viasd-", ""), (p[1], p[idx]), fontsize=6)
         if idx == 2:
             f = sorted(front, key=lambda p: p[1])
-            ax.plot([p[1] for p in f], [p[2] for p in f], "r-", lw=1, label="Pareto front")
+            ax.plot([p[1] for p in f], [p[2] for p in f], "r-o", lw=1, ms=7, mfc="none", label="Pareto front")
             ax.legend(fontsize=7)
         ax.set_xlabel("speedup vs viasd-ar")
         ax.set_ylabel(label)
