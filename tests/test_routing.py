@@ -131,3 +131,15 @@ def test_default_target_ships_a_calibrated_route():
         assert 0 in route.kept_layers and 27 in route.kept_layers
         assert {"data_hash", "heldout_kl", "heldout_top1"} <= set(d)
     assert fetch.packaged_route("smollm2-135m") is None
+
+
+def test_restart_from_a_cached_stream_is_exact(deep, data):
+    """Greedy's shortcut (rerun only from the changed layer) scores a route as a full run does."""
+    model, _ = deep
+    scorer = routing.Scorer(model, data)
+    base = np.ones((model.config.num_layers, 2), bool)
+    streams = scorer.streams(base)
+    for start in (1, 3):
+        mask = base.copy()
+        mask[start, :] = False
+        np.testing.assert_allclose(scorer.from_layer(mask, start, streams[start]), scorer(mask)[0], rtol=1e-5)

@@ -145,22 +145,28 @@ def route_divergence(params: Params, tokens, positions, valid, teacher, route, *
     return _divergence(params, cfg, hidden, positions, valid, teacher)
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def residual_streams(params: Params, tokens, route, *, cfg: ModelConfig):
-    """The residual stream entering every layer under `route`: `[L, B, T, D]`."""
-    pos = _positions(tokens)
-    cache = init_cache(cfg, *tokens.shape, params.embed.dtype)
+def _scan_layers(params: Params, cfg: ModelConfig, x, route, collect: bool):
+    """Run the layer stack without a cache from residual `x` `[B, T, D]` under `route`.
+    Returns (final residual, residual entering every layer `[L, B, T, D]` or None)."""
+    b, t = x.shape[:2]
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    cache = init_cache(cfg, b, t, params.embed.dtype)
     inv_freq = M.rope_inv_freq(cfg)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
 
     def body(carry, xs):
         idx, row, window = xs
         out = M._layer(cfg, params.layers, idx, window, row, *carry, pos, inv_freq)
-        return out, carry[0]
+        return out, carry[0] if collect else None
 
-    _, xs = jax.lax.scan(body, (M.embed(params, cfg, tokens), cache.k, cache.v),
-                         (jnp.arange(cfg.num_layers), route, windows))
-    return xs
+    (x, _, _), streams = jax.lax.scan(body, (x, cache.k, cache.v), (jnp.arange(cfg.num_layers), route, windows))
+    return x, streams
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def residual_streams(params: Params, tokens, route, *, cfg: ModelConfig):
+    """The residual stream entering every layer under `route`: `[L, B, T, D]`."""
+    return _scan_layers(params, cfg, M.embed(params, cfg, tokens), route, collect=True)[1]
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -169,16 +175,7 @@ def divergence_from(params: Params, tokens, positions, valid, teacher, route, st
     (layers before it are skipped): exact, because without a cache each layer's
     attention only sees its own K/V."""
     live = route & (jnp.arange(cfg.num_layers) >= start)[:, None]
-    pos = _positions(tokens)
-    cache = init_cache(cfg, *tokens.shape, params.embed.dtype)
-    inv_freq = M.rope_inv_freq(cfg)
-    windows = jnp.asarray(cfg.layer_windows, jnp.int32)
-
-    def body(carry, xs):
-        idx, row, window = xs
-        return M._layer(cfg, params.layers, idx, window, row, *carry, pos, inv_freq), None
-
-    (x, _, _), _ = jax.lax.scan(body, (stream, cache.k, cache.v), (jnp.arange(cfg.num_layers), live, windows))
+    x, _ = _scan_layers(params, cfg, stream, live, collect=False)
     return _divergence(params, cfg, M.rms_norm(x, params.final_norm, cfg), positions, valid, teacher)
 
 
