@@ -23,6 +23,7 @@ import numpy as np
 
 from checkpoints_convert.safetensors_io import CorruptCheckpointError
 from viasd_jax.config import ModelConfig
+from viasd_jax.layout import to_input_major
 from viasd_jax.params import Params, abstract_params, leaves_of, params_from_leaves
 
 FORMAT = "viasd-jax/1"
@@ -72,7 +73,7 @@ def save(out_dir: str, cfg: ModelConfig, params: Params, meta: dict[str, Any], s
     tmp = out_dir + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    leaves = leaves_of(params)
+    leaves = leaves_of(to_input_major(params, cfg))  # checkpoints are always input-major
     ckptr = _orbax().StandardCheckpointer()
     ckptr.save(os.path.join(tmp, "params"), {k: np.asarray(v) for k, v in leaves.items()})
     ckptr.wait_until_finished()

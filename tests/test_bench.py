@@ -122,3 +122,18 @@ def test_notebooks_run_top_to_bottom(pair, tmp_path, name, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     if name == "quickstart":
         assert any("identical to plain decoding: True" in o.get("text", "") for o in outputs)
+
+
+def test_bench_layout_overrides_share_one_copy(pair):
+    from viasd_jax.bench.systems import make_systems
+    from viasd_jax.layout import is_output_major
+    import viasd_jax
+
+    target, drafter, _ = pair
+    t, d = viasd_jax.load(target), viasd_jax.load(drafter)
+    names = ["viasd-ar", "viasd-ar@layout=output-major", "viasd-sd@layout=output-major:drafter_layout=output-major"]
+    ar, ar_om, sd_om = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
+    assert ar.target is t and is_output_major(ar_om.target.params)
+    assert sd_om.target is ar_om.target and is_output_major(sd_om.options["drafter"].params)
+    prompt = [5, 6, 7, 8]
+    assert ar_om.run(prompt, 6).tokens == ar.run(prompt, 6).tokens == sd_om.run(prompt, 6).tokens

@@ -49,20 +49,24 @@ def parse_route(text: str | None):
         raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
 
 
-def load_drafter(spec: str | None, dtype=None, quantize=None):
+LAYOUTS = ("input-major", "output-major")
+LAYOUT_HELP = "weight matrices' memory layout (output-major: faster 1-token steps on CPU, slower windows)"
+
+
+def load_drafter(spec: str | None, dtype=None, quantize=None, layout="input-major"):
     import viasd_jax
 
     if spec in (None, "self", "lookup"):
         return spec
-    return viasd_jax.load(spec, dtype=dtype, quantize=quantize)
+    return viasd_jax.load(spec, dtype=dtype, quantize=quantize, layout=layout)
 
 
 def cmd_generate(args) -> None:
     import viasd_jax
 
     prompts = _read_prompts(args)
-    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize)
-    drafter = load_drafter(args.drafter, args.dtype, args.quantize)
+    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize, layout=args.layout)
+    drafter = load_drafter(args.drafter, args.dtype, args.quantize, args.layout)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
@@ -142,7 +146,8 @@ def cmd_bench(args) -> None:
             options["pending_bound"] = args.pending_bound
         report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options,
-                           with_quality=not args.no_quality, quantize=args.quantize)
+                           with_quality=not args.no_quality, quantize=args.quantize,
+                           layout=args.layout)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
@@ -217,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
+    g.add_argument("--layout", choices=LAYOUTS, default="input-major", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("calibrate", help="find the slim verifier's route (intra-model routing)")
@@ -254,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
+    b.add_argument("--layout", choices=LAYOUTS, default="input-major", help=LAYOUT_HELP)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-quality", action="store_true", help="skip task metrics (agreement is always computed)")

@@ -73,7 +73,8 @@ def _to_device(params: Params, dtype) -> Params:
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
 
 
-def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | None = None) -> Model:
+def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | None = None,
+         layout: str = "input-major") -> Model:
     """Load a model from a viasd-jax checkpoint, a Hugging Face directory or a .gguf file.
 
     `path` may also name a default model (see `viasd_jax.fetch.MODELS`), fetched
@@ -82,13 +83,20 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     `mesh` (from `make_mesh`) lays the params out on it; a viasd checkpoint is
     restored straight into that layout. `quantize="int8"` makes every weight matrix
     int8 with per-output-channel scales (weight-only; activations stay float).
+    `layout="output-major"` stores matrices with their contracted axes last (faster
+    one-token forwards on XLA CPU, slower multi-token windows; see `viasd_jax.layout`).
     """
     import checkpoints_convert as cc
     from checkpoints_convert.hf import resolve_dtype
     from viasd_jax import fetch
+    from viasd_jax import layout as LY
+
+    if LY.check(layout) != "input-major" and mesh is not None:
+        raise ValueError("layout='output-major' is for one CPU; sharded models use the default layout")
 
     if not os.path.exists(path) and path in fetch.MODELS:
-        model = load(fetch.ensure_model(path), dtype=dtype, verify=verify, mesh=mesh, quantize=quantize)
+        model = load(fetch.ensure_model(path), dtype=dtype, verify=verify, mesh=mesh, quantize=quantize,
+                     layout=layout)
         shipped = {k: fetch.packaged_route(path, k) for k in ("route", "self_route")}
         return dataclasses.replace(model, **{k: as_route(v, model.config.num_layers)
                                              for k, v in shipped.items() if v and getattr(model, k) is None})
@@ -102,7 +110,7 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
 
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = gguf_to_hf(path, os.path.join(tmp, "hf"))
-            return dataclasses.replace(load(hf_dir, dtype=dtype), path=path)
+            return dataclasses.replace(load(hf_dir, dtype=dtype, quantize=quantize, layout=layout), path=path)
     shardings_for = None
     if mesh is not None:
         from viasd_jax import sharding as SH
@@ -124,6 +132,8 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
         from viasd_jax.quant import quantize_params
 
         params = quantize_params(params, cfg, quantize)
+    if layout != "input-major":
+        params = LY.apply(params, cfg, layout)
     if mesh is not None:
         SH.check_divisible(mesh, cfg)
         params = SH.put_global(params, SH.param_shardings(mesh, cfg, quantized=quantize is not None))

@@ -16,6 +16,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from viasd_jax.layout import OutputMajor, dense_output_major
+
 # Leaves that are matrices, with their contracted (input) dimension letters.
 CONTRACTED = {"wq": "D", "wk": "D", "wv": "D", "wo": "NK", "w_gate": "D", "w_up": "D", "w_down": "F",
               "lm_head": "D", "embed": "D"}
@@ -50,8 +52,11 @@ def quantize_leaf(w: jax.Array, dims: str, contracted: str) -> Int8Weight:
 
 
 def dense(x: jax.Array, w, subscripts: str) -> jax.Array:
-    """`einsum(subscripts, x, w)` for a plain or an `Int8Weight` matrix. The output's
-    trailing axes must be the weight's non-contracted axes, in order."""
+    """`einsum(subscripts, x, w)` for a plain, `Int8Weight` or `OutputMajor` matrix; `subscripts`
+    name the weight's input-major (checkpoint) axes. The output's trailing axes must be the
+    weight's non-contracted axes, in order."""
+    if isinstance(w, OutputMajor):
+        return dense_output_major(x, w.w, subscripts)
     if not isinstance(w, Int8Weight):
         return jnp.einsum(subscripts, x, w)
     out = jnp.einsum(subscripts, x, w.q.astype(x.dtype))
@@ -68,6 +73,8 @@ def quantize_params(params, cfg, mode: str = "int8"):
     dims = {name: spec.dims for name, spec in {**LAYER_LEAVES, **TOP_LEAVES}.items()}
     out = {}
     for name, w in leaves_of(params).items():
+        if isinstance(w, OutputMajor):
+            raise ValueError("quantize before changing the layout (load(..., quantize=, layout=) does)")
         if name in CONTRACTED and not isinstance(w, Int8Weight):
             w = _quantize_jit(w, dims[name], CONTRACTED[name])
         out[name] = w

@@ -103,14 +103,14 @@ def matches(tokens: list[int], reference: list[int]) -> int:
 def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
               max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
               options: dict | None = None, with_quality: bool = True, progress: bool = True,
-              quantize: str | None = None) -> dict:
+              quantize: str | None = None, layout: str = "input-major") -> dict:
     """Run every system on every prompt (order rotated per prompt) and return the report."""
     rows = read_prompts(prompts_path, limit)
     systems = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the target's greedy text is the reference
-    target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize)
-    drafter = viasd_jax.load(drafter_path, dtype=dtype, quantize=quantize) if drafter_path else None
+    target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize, layout=layout)
+    drafter = viasd_jax.load(drafter_path, dtype=dtype, quantize=quantize, layout=layout) if drafter_path else None
     runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
-                           options=options)
+                           options=options, quantize=quantize)
     ids = P.encode(target, [r["prompt"] for r in rows], chat_template=True)
     compile_s = {s.name: 0.0 for s in runners}
     for s in tqdm(runners, desc="warm-up", disable=not progress):
@@ -139,7 +139,8 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
         add_quality(runs, rows, target.tokenizer, progress)
     return {
         "config": {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
-                   "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "num_prompts": len(rows),
+                   "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "layout": layout,
+                   "num_prompts": len(rows),
                    **{k: v for k, v in (options or {}).items()},
                    "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "machine": machine_info(),

@@ -4,7 +4,9 @@ Each system turns one prompt (token ids) into generated ids and a wall time that
 excludes compilation; ours also report the engine's counters. A system name may
 carry overrides of the shared engine options after an `@`, separated by `:`,
 e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
-builds its grid this way).
+builds its grid this way). `layout=output-major` / `drafter_layout=output-major`
+run that system on a second copy of the target / drafter in that weight layout
+(loaded once, shared by every system that names it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "mix_lookup", "draft_stop")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
+MODEL_OPTIONS = ("layout", "drafter_layout")
 
 
 @dataclasses.dataclass
@@ -103,8 +106,9 @@ def parse_system(name: str) -> tuple[str, dict]:
     overrides = {}
     for item in filter(None, rest.split(":")):
         key, eq, value = item.partition("=")
-        if not eq or key not in ENGINE_OPTIONS + SAMPLING_OPTIONS:
-            raise ValueError(f"system {name!r}: bad override {item!r} (known: {', '.join(ENGINE_OPTIONS)})")
+        known = ENGINE_OPTIONS + SAMPLING_OPTIONS + MODEL_OPTIONS
+        if not eq or key not in known:
+            raise ValueError(f"system {name!r}: bad override {item!r} (known: {', '.join(known)})")
         try:
             overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
@@ -131,7 +135,8 @@ def _our_options(base: str, drafter, o: dict) -> dict:
     return opts
 
 
-def make_systems(names, target, target_path: str, dtype: str, drafter=None, drafter_path=None, options=None):
+def make_systems(names, target, target_path: str, dtype: str, drafter=None, drafter_path=None, options=None,
+                 quantize=None):
     """Instantiate the named systems; models are loaded once and shared.
 
     `options` holds the engine settings (gamma, route, self_route, tau_accept,
@@ -144,10 +149,21 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
     if drafter_path is None and needing:
         raise ValueError(f"systems {', '.join(needing)} need --drafter")
     systems, hf_target, hf_drafter = [], None, None
+    copies = {}  # (path, layout) -> model in a non-default layout
+
+    def in_layout(model, path, layout):
+        if layout in (None, "input-major") or not hasattr(model, "params"):
+            return model
+        if (path, layout) not in copies:
+            copies[path, layout] = viasd_jax.load(path, dtype=dtype, quantize=quantize, layout=layout)
+        return copies[path, layout]
+
     for name, base, overrides in parsed:
         o = {**(options or {}), **overrides}
         if base in OURS:
-            systems.append(ViasdSystem(name, target, _our_options(base, drafter, o)))
+            t = in_layout(target, target_path, o.get("layout"))
+            d = in_layout(drafter, drafter_path, o.get("drafter_layout"))
+            systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
         if base == "hf-assisted":

@@ -1,0 +1,128 @@
+"""Weight layout in memory: which axes of a matrix are contiguous.
+
+Checkpoints store every matrix input-major (`[D, F]`: contracted axes first, as
+`x @ W` reads it). `to_output_major(params)` wraps each matrix as `OutputMajor(w)`
+with the layer axis first, the output axes next and the contracted axes last (as
+PyTorch stores `nn.Linear`); `quant.dense` computes either form as a 2-D
+`dot_general(W, x)` with the weight as the left operand, the shape XLA's CPU
+matrix-vector code reads row by row.
+
+Measured on the development CPU (`python benchmarks/layout_cost.py`, docs/performance.md):
+one-token forwards of the 1.5B target are faster output-major, windows of 5-9
+tokens (verification) slower. It is therefore an option (`load(..., layout=)`,
+`--layout`), not the default; GPUs and TPUs gain nothing from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+LAYOUTS = ("input-major", "output-major")
+
+# Matrix leaves: their dimension letters (as stored in checkpoints) and contracted letters.
+MATRICES = {"wq": ("LDNK", "D"), "wk": ("LDGK", "D"), "wv": ("LDGK", "D"), "wo": ("LNKD", "NK"),
+            "w_gate": ("LDF", "D"), "w_up": ("LDF", "D"), "w_down": ("LFD", "F"), "lm_head": ("DV", "D")}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class OutputMajor:
+    """A matrix stored with its contracted axes last (`w` may be an `Int8Weight`)."""
+
+    w: object
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    @property
+    def dtype(self):
+        return self.w.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
+
+
+def output_major_dims(dims: str, contracted: str) -> str:
+    """`"LDF", "D"` -> `"LFD"`: the layer axis, then output axes, then contracted axes."""
+    lead = "L" if dims.startswith("L") else ""
+    rest = dims[len(lead):]
+    return lead + "".join(d for d in rest if d not in contracted) + "".join(d for d in rest if d in contracted)
+
+
+def permute(w, dims: str, new_dims: str):
+    """Transpose an array (or each array of an `Int8Weight`) from `dims` to `new_dims` order."""
+    perm = tuple(dims.index(d) for d in new_dims)
+    return jax.tree.map(lambda a: jnp.transpose(a, perm), w)
+
+
+def check(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def to_output_major(params, cfg):
+    """`params` with every matrix leaf wrapped as `OutputMajor` (idempotent)."""
+    from viasd_jax.params import leaves_of, params_from_leaves
+
+    out = dict(leaves_of(params))
+    for name, (dims, contracted) in MATRICES.items():
+        w = out.get(name)
+        if w is not None and not isinstance(w, OutputMajor):
+            out[name] = OutputMajor(_permute_jit(w, dims, output_major_dims(dims, contracted)))
+    return params_from_leaves(cfg, out)
+
+
+def to_input_major(params, cfg):
+    """The inverse of `to_output_major` (checkpoints are saved input-major)."""
+    from viasd_jax.params import leaves_of, params_from_leaves
+
+    out = dict(leaves_of(params))
+    for name, (dims, contracted) in MATRICES.items():
+        w = out.get(name)
+        if isinstance(w, OutputMajor):
+            out[name] = _permute_jit(w.w, output_major_dims(dims, contracted), dims)
+    return params_from_leaves(cfg, out)
+
+
+def apply(params, cfg, layout: str):
+    """`params` in `layout` ("input-major" or "output-major")."""
+    return to_output_major(params, cfg) if check(layout) == "output-major" else to_input_major(params, cfg)
+
+
+def is_output_major(params) -> bool:
+    return isinstance(params.layers.wq, OutputMajor)
+
+
+def dense_output_major(x: jax.Array, w, subscripts: str) -> jax.Array:
+    """`einsum(subscripts, x, w)` for `w` (plain or `Int8Weight`) stored output-major.
+
+    `subscripts` name the input-major axes (`"btd,df->btf"`); the contracted axes must
+    trail `x`. Leading axes of `x` are flattened: XLA's CPU backend turns a batched
+    einsum (or `x @ w.T`) over this layout into a transposed copy of the weight per call.
+    """
+    inputs, _ = subscripts.split("->")
+    x_axes, w_axes = inputs.split(",")
+    contracted = "".join(d for d in w_axes if d in x_axes)
+    if not x_axes.endswith(contracted):
+        raise ValueError(f"dense {subscripts!r}: contracted axes must trail the activations")
+    quantized = hasattr(w, "q")
+    data = w.q if quantized else w
+    out_shape = data.shape[: data.ndim - len(contracted)]
+    batch_shape = x.shape[: x.ndim - len(contracted)]
+    x2 = x.reshape(math.prod(batch_shape), -1)
+    w2 = data.reshape(math.prod(out_shape), -1).astype(x.dtype)
+    y = jax.lax.dot_general(w2, x2, (((1,), (1,)), ((), ())))  # [out, tokens]: weight as the lhs
+    y = y.T.reshape(*batch_shape, *out_shape)
+    if quantized:
+        y = y * w.scale.reshape(out_shape).astype(y.dtype)
+    return y
+
+
+_permute_jit = jax.jit(permute, static_argnums=(1, 2))
