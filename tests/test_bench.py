@@ -131,9 +131,31 @@ def test_bench_layout_overrides_share_one_copy(pair):
 
     target, drafter, _ = pair
     t, d = viasd_jax.load(target), viasd_jax.load(drafter)
-    names = ["viasd-ar", "viasd-ar@layout=output-major", "viasd-sd@layout=output-major:drafter_layout=output-major"]
-    ar, ar_om, sd_om = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
+    names = ["viasd-ar", "viasd-ar@layout=output-major", "viasd-sd@layout=output-major:drafter_layout=output-major",
+             "viasd-ar@quantize=int8"]
+    ar, ar_om, sd_om, ar_q = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
+    assert type(ar_q.target.params.layers.wq).__name__ == "Int8Weight"
     assert ar.target is t and is_output_major(ar_om.target.params)
     assert sd_om.target is ar_om.target and is_output_major(sd_om.options["drafter"].params)
     prompt = [5, 6, 7, 8]
     assert ar_om.run(prompt, 6).tokens == ar.run(prompt, 6).tokens == sd_om.run(prompt, 6).tokens
+
+
+def test_bench_resumes_from_its_checkpoint(pair, tmp_path):
+    target, drafter, prompts = pair
+    ckpt = str(tmp_path / "bench.ckpt.json")
+    kw = dict(max_new_tokens=4, progress=False, with_quality=False, limit=3, checkpoint=ckpt)
+    full = run_bench(target, prompts, ["viasd-ar", "viasd-lookup"], **kw)
+    saved = json.load(open(ckpt))
+    assert len(saved["runs"]) == 6 and full["config"]["resumed_runs"] == 0
+    # interrupted after the first prompt, and halfway through the second
+    first = saved["runs"][0]["prompt_id"]
+    saved["runs"] = [r for r in saved["runs"] if r["prompt_id"] == first] + \
+        [r for r in saved["runs"] if r["prompt_id"] != first][:1]
+    json.dump(saved, open(ckpt, "w"))
+    resumed = run_bench(target, prompts, ["viasd-ar", "viasd-lookup"], **kw)
+    assert resumed["config"]["resumed_runs"] == 3 and len(resumed["runs"]) == 6
+    key = lambda r: (r["prompt_id"], r["system"])  # noqa: E731
+    assert sorted((key(r), r["tokens"]) for r in resumed["runs"]) == sorted((key(r), r["tokens"]) for r in full["runs"])
+    with pytest.raises(ValueError, match="other settings .*max_new_tokens"):
+        run_bench(target, prompts, ["viasd-ar", "viasd-lookup"], **{**kw, "max_new_tokens": 5})

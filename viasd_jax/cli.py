@@ -147,7 +147,7 @@ def cmd_bench(args) -> None:
         report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options,
                            with_quality=not args.no_quality, quantize=args.quantize,
-                           layout=args.layout)
+                           layout=args.layout, checkpoint=args.checkpoint)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
     b.add_argument("--layout", choices=LAYOUTS, default="input-major", help=LAYOUT_HELP)
+    b.add_argument("--checkpoint", help="file saved after every prompt; rerun with it to resume an interrupted bench")
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-quality", action="store_true", help="skip task metrics (agreement is always computed)")

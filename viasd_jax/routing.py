@@ -10,8 +10,9 @@ cost by the share of layer-stack weight bytes it keeps. Methods:
           scores of the last step pick which candidates to re-measure (lazy greedy),
           and each candidate is run only from its own layer on, from cached
           residual streams.
-  gates   relaxed per-unit gates in (0, 1) trained with optax to minimise KL plus
-          a penalty that meets the byte budget, then rounded to a hard route.
+  gates   per-unit scores trained with optax through straight-through gates: every
+          step runs a hard route of the budget (top scores plus annealed noise) and
+          back-propagates its KL through sigmoid(score); the best hard route wins.
   random  the best of N random routes of the budget (the SWIFT / Draft & Verify
           style search, without the Bayesian model).
 
@@ -300,11 +301,17 @@ def random_route(cfg: ModelConfig, skip_ratio: float, granularity: str, keep_fir
 
 
 def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer", keep_first_last: bool = True,
-                steps: int = 40, lr: float = 0.1, penalty: float = 20.0, seed: int = 0,
+                steps: int = 40, lr: float = 0.2, noise: float = 1.0, seed: int = 0,
                 progress: bool = True) -> np.ndarray:
-    """Relaxed gates sigmoid(theta) per unit, trained with Adam on KL + penalty * excess^2
-    (excess: kept byte share above the budget), then rounded: keep the units with the
-    highest gates until the budget is met."""
+    """Straight-through gates: one score `theta` per unit, trained with Adam.
+
+    Each step runs a *hard* route that meets the budget: the units with the highest
+    `theta + noise * logistic` (the noise annealed to zero) are kept while their bytes
+    fit. Its KL flows back to `theta` through `sigmoid(theta)` (straight-through
+    estimator), so training optimises routes that are actually used rather than a
+    relaxation. (Relaxed gates rounded afterwards reached KL 0.01-0.16 relaxed but
+    5-11 hard on the real 1.5B.) Returns the lowest-KL hard route seen.
+    """
     import optax
 
     cfg = scorer.cfg
@@ -316,37 +323,45 @@ def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer"
         unit_cols[j, u[0], list(u[1])] = 1.0
     a, f = sublayer_bytes(cfg)
     cell_bytes = np.array([a, f], np.float32) / ((a + f) * cfg.num_layers)
+    unit_share = jnp.asarray(np.einsum("ulc,c->u", unit_cols, cell_bytes))
+    room = (1.0 - skip_ratio) - float(np.sum(fixed * cell_bytes)) + 1e-6  # byte share the units may keep
     fixed, unit_cols = jnp.asarray(fixed), jnp.asarray(unit_cols)
-    budget = 1.0 - skip_ratio
 
-    def gates_of(theta):
-        return fixed + jnp.einsum("u,ulc->lc", jax.nn.sigmoid(theta), unit_cols)
+    def hard_route(scores):  # [U] -> [U] 0/1: highest scores first, while their bytes fit
+        order = jnp.argsort(-scores)
+        fits = jnp.cumsum(unit_share[order]) <= room
+        return jnp.zeros_like(scores).at[order].set(fits.astype(scores.dtype))
 
-    def loss(theta, params, tokens, positions, valid, teacher):  # data as arguments, not captured constants
-        g = gates_of(theta)
-        kl, _ = route_divergence(params, tokens, positions, valid, teacher, g, cfg=cfg)
-        kept = jnp.sum(g * cell_bytes)
-        return kl + penalty * jnp.maximum(kept - budget, 0.0) ** 2, kl
+    def loss(theta, key, temperature, params, tokens, positions, valid, teacher):  # data as arguments
+        soft = jax.nn.sigmoid(theta)
+        hard = hard_route(theta + temperature * jax.random.logistic(key, theta.shape))
+        unit_gates = hard + soft - jax.lax.stop_gradient(soft)
+        kl, _ = route_divergence(params, tokens, positions, valid, teacher,
+                                 fixed + jnp.einsum("u,ulc->lc", unit_gates, unit_cols), cfg=cfg)
+        return kl, hard
 
-    theta = jnp.full((len(units),), 2.0) + 0.01 * jax.random.normal(jax.random.key(seed), (len(units),))
+    key = jax.random.key(seed)
+    theta = 0.01 * jax.random.normal(key, (len(units),))
     opt = optax.adam(lr)
     state = opt.init(theta)
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    best_kl, best = np.inf, None
     bar = tqdm(range(steps), desc="gates", disable=not progress)
-    for _ in bar:
-        (value, kl), grad = step(theta, scorer.model.params, scorer.tokens, scorer.positions, scorer.valid,
-                                 scorer.teacher)
+    for t in bar:
+        key, sub = jax.random.split(key)
+        temperature = noise * (1.0 - t / max(steps - 1, 1))
+        (kl, hard), grad = step(theta, sub, temperature, scorer.model.params, scorer.tokens, scorer.positions,
+                                scorer.valid, scorer.teacher)
         scorer.evaluations += 1
+        if float(kl) < best_kl:
+            best_kl, best = float(kl), np.asarray(hard)
         updates, state = opt.update(grad, state)
         theta = optax.apply_updates(theta, updates)
-        bar.set_postfix_str(f"loss {float(value):.3f} KL {float(kl):.3f}")
-    # Round: drop the lowest gates (per byte) until the budget is met.
-    order = np.argsort(np.asarray(theta))
+        bar.set_postfix_str(f"KL {float(kl):.3f} best {best_kl:.3f}")
     mask = np.ones((cfg.num_layers, 2), bool)
-    for j in order:
-        if _skipped(cfg, mask) >= skip_ratio - 1e-9:
-            break
-        mask = _without(mask, units[j])
+    for j, kept in enumerate(best):
+        if not kept:
+            mask = _without(mask, units[j])
     return mask
 
 

@@ -103,10 +103,20 @@ def matches(tokens: list[int], reference: list[int]) -> int:
 def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
               max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
               options: dict | None = None, with_quality: bool = True, progress: bool = True,
-              quantize: str | None = None, layout: str = "input-major") -> dict:
-    """Run every system on every prompt (order rotated per prompt) and return the report."""
+              quantize: str | None = None, layout: str = "input-major", checkpoint: str | None = None) -> dict:
+    """Run every system on every prompt (order rotated per prompt) and return the report.
+
+    `checkpoint`: a file rewritten after every prompt with the runs so far; when it
+    exists (from an interrupted run with the same settings) its prompts are skipped.
+    A prompt's systems always run together, in one process, so ratios stay fair.
+    """
     rows = read_prompts(prompts_path, limit)
     systems = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the target's greedy text is the reference
+    settings = {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
+                "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "layout": layout,
+                "num_prompts": len(rows), **(options or {})}
+    runs = read_checkpoint(checkpoint, settings) if checkpoint else []
+    done = {(r["system"], r["prompt_id"]) for r in runs}
     target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize, layout=layout)
     drafter = viasd_jax.load(drafter_path, dtype=dtype, quantize=quantize, layout=layout) if drafter_path else None
     runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
@@ -121,9 +131,12 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
     bounds = costs.measure(target, drafter, o.get("gamma", 4), slim)
     if progress:
         print(bounds_line(bounds), flush=True)
-    runs = []
     bar = tqdm(total=len(rows) * len(runners), desc="bench", disable=not progress)
     for i, (row, prompt_ids) in enumerate(zip(rows, ids)):
+        if all((s.name, row["id"]) in done for s in runners):
+            bar.update(len(runners))
+            continue
+        runs = [r for r in runs if r["prompt_id"] != row["id"]]  # a half-done prompt runs again, whole
         order = runners[i % len(runners):] + runners[: i % len(runners)]
         for s in order:
             bar.set_postfix_str(f"{row['task']}/{s.name}")
@@ -133,22 +146,43 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
                          "new_tokens": len(out.tokens), "seconds": out.seconds, "tokens": out.tokens,
                          **{k: out.stats[k] for k in SPEC_COUNTERS if k in out.stats}})
             bar.update()
+        if checkpoint:
+            write_checkpoint(checkpoint, settings, runs)
     bar.close()
     add_agreement(runs)
     if with_quality:
         add_quality(runs, rows, target.tokenizer, progress)
     return {
-        "config": {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
-                   "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "layout": layout,
-                   "num_prompts": len(rows),
-                   **{k: v for k, v in (options or {}).items()},
-                   "date": datetime.datetime.now().isoformat(timespec="seconds")},
+        "config": {**settings, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "resumed_runs": len(done)},
         "machine": machine_info(),
         "compile_seconds": compile_s,
         "costs": bounds,
         "runs": runs,
         "summary": summarize(runs, systems),
     }
+
+
+def read_checkpoint(path: str, settings: dict) -> list[dict]:
+    """Runs saved by an interrupted bench with the same settings ([] when there is no file)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    old = json.loads(json.dumps(saved.get("settings", {})))
+    new = json.loads(json.dumps(settings))  # tuples -> lists, as the file has them
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise ValueError(f"{path}: saved by a bench with other settings ({', '.join(differ)}); "
+                         "use another --checkpoint file or delete it")
+    return saved["runs"]
+
+
+def write_checkpoint(path: str, settings: dict, runs: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"settings": settings, "runs": runs}, f)
+    os.replace(tmp, path)  # never a half-written checkpoint
 
 
 def add_agreement(runs: list[dict]) -> None:

@@ -5,8 +5,9 @@ excludes compilation; ours also report the engine's counters. A system name may
 carry overrides of the shared engine options after an `@`, separated by `:`,
 e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
 builds its grid this way). `layout=output-major` / `drafter_layout=output-major`
-run that system on a second copy of the target / drafter in that weight layout
-(loaded once, shared by every system that names it).
+run that system on a second copy of the target / drafter in that weight layout, and
+`quantize=int8` on int8 copies of both (each copy loaded once, shared by every system
+that names it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "mix_lookup", "draft_stop")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize")
 
 
 @dataclasses.dataclass
@@ -149,20 +150,21 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
     if drafter_path is None and needing:
         raise ValueError(f"systems {', '.join(needing)} need --drafter")
     systems, hf_target, hf_drafter = [], None, None
-    copies = {}  # (path, layout) -> model in a non-default layout
+    copies = {}  # (path, layout, quantize) -> a second copy of a model
 
-    def in_layout(model, path, layout):
-        if layout in (None, "input-major") or not hasattr(model, "params"):
+    def variant(model, path, layout, quant):
+        layout, quant = layout or "input-major", quant or quantize
+        if (layout, quant) == ("input-major", quantize) or not hasattr(model, "params"):
             return model
-        if (path, layout) not in copies:
-            copies[path, layout] = viasd_jax.load(path, dtype=dtype, quantize=quantize, layout=layout)
-        return copies[path, layout]
+        if (path, layout, quant) not in copies:
+            copies[path, layout, quant] = viasd_jax.load(path, dtype=dtype, quantize=quant, layout=layout)
+        return copies[path, layout, quant]
 
     for name, base, overrides in parsed:
         o = {**(options or {}), **overrides}
         if base in OURS:
-            t = in_layout(target, target_path, o.get("layout"))
-            d = in_layout(drafter, drafter_path, o.get("drafter_layout"))
+            t = variant(target, target_path, o.get("layout"), o.get("quantize"))
+            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
