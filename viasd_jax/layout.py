@@ -7,10 +7,10 @@ PyTorch stores `nn.Linear`); `quant.dense` computes either form as a 2-D
 `dot_general(W, x)` with the weight as the left operand, the shape XLA's CPU
 matrix-vector code reads row by row.
 
-Measured on the development CPU (`python benchmarks/layout_cost.py`, docs/performance.md):
-one-token forwards of the 1.5B target are faster output-major, windows of 5-9
-tokens (verification) slower. It is therefore an option (`load(..., layout=)`,
-`--layout`), not the default; GPUs and TPUs gain nothing from it.
+Measured on the development CPU (docs/performance.md): a one-token forward of the
+1.5B target is 1.38x faster output-major, windows of 5-9 tokens (verification) 0.84x
+(`python benchmarks/layout_cost.py`), and generation is not faster end to end. It is
+therefore an option (`load(..., layout=)`, `--layout`), not the default.
 """
 
 from __future__ import annotations
@@ -23,9 +23,16 @@ import jax.numpy as jnp
 
 LAYOUTS = ("input-major", "output-major")
 
-# Matrix leaves: their dimension letters (as stored in checkpoints) and contracted letters.
-MATRICES = {"wq": ("LDNK", "D"), "wk": ("LDGK", "D"), "wv": ("LDGK", "D"), "wo": ("LNKD", "NK"),
-            "w_gate": ("LDF", "D"), "w_up": ("LDF", "D"), "w_down": ("LFD", "F"), "lm_head": ("DV", "D")}
+
+
+def matrices() -> dict[str, tuple[str, str]]:
+    """{leaf: (checkpoint dimension letters, contracted letters)} for every matrix but the
+    embedding table (already output-major for the tied LM head)."""
+    from viasd_jax.params import LAYER_LEAVES, TOP_LEAVES
+    from viasd_jax.quant import CONTRACTED
+
+    specs = {**LAYER_LEAVES, **TOP_LEAVES}
+    return {name: (specs[name].dims, contracted) for name, contracted in CONTRACTED.items() if name != "embed"}
 
 
 @jax.tree_util.register_dataclass
@@ -72,7 +79,7 @@ def to_output_major(params, cfg):
     from viasd_jax.params import leaves_of, params_from_leaves
 
     out = dict(leaves_of(params))
-    for name, (dims, contracted) in MATRICES.items():
+    for name, (dims, contracted) in matrices().items():
         w = out.get(name)
         if w is not None and not isinstance(w, OutputMajor):
             out[name] = OutputMajor(_permute_jit(w, dims, output_major_dims(dims, contracted)))
@@ -84,7 +91,7 @@ def to_input_major(params, cfg):
     from viasd_jax.params import leaves_of, params_from_leaves
 
     out = dict(leaves_of(params))
-    for name, (dims, contracted) in MATRICES.items():
+    for name, (dims, contracted) in matrices().items():
         w = out.get(name)
         if isinstance(w, OutputMajor):
             out[name] = _permute_jit(w.w, output_major_dims(dims, contracted), dims)
