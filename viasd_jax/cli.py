@@ -12,6 +12,7 @@ import os
 import sys
 
 from viasd_jax import fetch
+from viasd_jax.layout import LAYOUTS
 
 
 def _read_prompts(args) -> list[str]:
@@ -49,7 +50,6 @@ def parse_route(text: str | None):
         raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
 
 
-LAYOUTS = ("input-major", "output-major")
 LAYOUT_HELP = "weight matrices' memory layout (output-major: faster 1-token steps on CPU, slower windows)"
 
 

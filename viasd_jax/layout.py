@@ -24,7 +24,6 @@ import jax.numpy as jnp
 LAYOUTS = ("input-major", "output-major")
 
 
-
 def matrices() -> dict[str, tuple[str, str]]:
     """{leaf: (checkpoint dimension letters, contracted letters)} for every matrix but the
     embedding table (already output-major for the tied LM head)."""
@@ -45,14 +44,6 @@ class OutputMajor:
     @property
     def shape(self):
         return self.w.shape
-
-    @property
-    def dtype(self):
-        return self.w.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return self.w.nbytes
 
 
 def output_major_dims(dims: str, contracted: str) -> str:
