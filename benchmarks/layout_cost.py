@@ -1,11 +1,13 @@
-"""Input-major vs output-major weights: one forward of T tokens on the real target.
+"""Weight layouts compared: one forward of T tokens on the real target.
 
-Loads the target once, times a full forward (T tokens against a 512-slot cache,
-median of `--repeats`) for each T in the input-major layout, then converts the
-same params to output-major (`viasd_jax.layout`) and times them again; prints the
-ratio and the largest logit difference. Usage:
+Loads the target once (input-major), times a full forward (T tokens against a
+512-slot cache, median of `--repeats`) for each T, then converts the same params to
+each other layout of `--layouts` (`viasd_jax.layout`) and times them again; prints
+each layout's time, its speedup over input-major and the largest logit difference.
+Usage:
 
     python benchmarks/layout_cost.py [--target qwen2.5-coder-1.5b] [--tokens 1,5,9,64]
+        [--layouts output-major,cpu-kernel]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
     ap.add_argument("--tokens", default="1,5,9,64")
+    ap.add_argument("--layouts", default="output-major,cpu-kernel")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     m = viasd_jax.load(args.target)
@@ -52,15 +55,18 @@ def main():
             times.append(time.perf_counter() - t0)
         return 1000 * float(np.median(times)), np.asarray(out)
 
-    before = {t: time_forward(m.params, t) for t in widths}
-    params = LY.to_output_major(m.params, cfg)
-    del m
-    gc.collect()
-    after = {t: time_forward(params, t) for t in widths}
-    print(f"{'tokens':>6} {'input-major ms':>15} {'output-major ms':>16} {'speedup':>8} {'max |dlogit|':>13}")
+    base = {t: time_forward(m.params, t) for t in widths}
+    print(f"{'layout':>13} {'tokens':>6} {'ms':>8} {'vs input-major':>15} {'max |dlogit|':>13}")
     for t in widths:
-        (a, la), (b, lb) = before[t], after[t]
-        print(f"{t:>6} {a:>15.0f} {b:>16.0f} {a / b:>8.2f} {np.abs(la - lb).max():>13.1e}")
+        print(f"{'input-major':>13} {t:>6} {base[t][0]:>8.0f} {1.0:>15.2f} {0.0:>13.1e}")
+    for layout in args.layouts.split(","):
+        params = LY.apply(m.params, cfg, layout)
+        for t in widths:
+            ms, out = time_forward(params, t)
+            print(f"{layout:>13} {t:>6} {ms:>8.0f} {base[t][0] / ms:>15.2f} {np.abs(out - base[t][1]).max():>13.1e}",
+                  flush=True)
+        del params
+        gc.collect()
 
 
 if __name__ == "__main__":

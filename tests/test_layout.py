@@ -1,4 +1,4 @@
-"""Output-major weight layout: the same model, the same numbers, another memory order."""
+"""Output-major weight layout and the compiled CPU kernel: the same model, the same numbers."""
 
 import dataclasses
 
@@ -18,19 +18,21 @@ def test_output_major_dims():
     assert LY.output_major_dims("DV", "D") == "VD"
 
 
+@pytest.mark.parametrize("layout", ["output-major", "cpu-kernel"])
 @pytest.mark.parametrize("family", ["qwen2", "gemma2", "llama"])
-def test_output_major_scores_equal_input_major(tiny, family):
+def test_output_major_scores_equal_input_major(tiny, family, layout):
     m = tiny[family]
-    om = dataclasses.replace(m, params=LY.to_output_major(m.params, m.config))
-    assert isinstance(om.params.layers.w_down, LY.OutputMajor)
+    om = dataclasses.replace(m, params=LY.apply(m.params, m.config, layout))
+    assert isinstance(om.params.layers.w_down, LY.OutputMajor) and LY.layout_of(om.params) == layout
     assert om.params.layers.w_down.shape == (m.config.num_layers, m.config.hidden_size, m.config.intermediate_size)
     toks = np.random.RandomState(0).randint(3, 96, size=(2, 9))
     np.testing.assert_allclose(viasd_jax.score(om, toks), viasd_jax.score(m, toks), rtol=1e-4, atol=1e-4)
 
 
-def test_output_major_generation_equals_input_major(tiny):
+@pytest.mark.parametrize("layout", ["output-major", "cpu-kernel"])
+def test_output_major_generation_equals_input_major(tiny, layout):
     m = tiny["qwen2"]
-    om = dataclasses.replace(m, params=LY.to_output_major(m.params, m.config))
+    om = dataclasses.replace(m, params=LY.apply(m.params, m.config, layout))
     prompts = [[5, 17, 33, 8, 9], [7, 3, 44]]
     ar = viasd_jax.generate(m, prompts, max_new_tokens=12).tokens
     assert viasd_jax.generate(om, prompts, max_new_tokens=12).tokens == ar
@@ -60,3 +62,37 @@ def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
         viasd_jax.load(hf_dirs["qwen2"], layout="column")
     with pytest.raises(ValueError, match="sharded models"):
         viasd_jax.load(hf_dirs["qwen2"], layout="output-major", mesh=viasd_jax.make_mesh(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
+def test_kernel_matches_numpy_on_ragged_shapes(dtype):
+    """Tails in every dimension: K not a multiple of the 16 vector lanes, N not of the
+    4-row block, M above the 8-token group; a stacked weight read at a traced layer."""
+    import jax
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 37, 45)).astype(np.float32)
+    if dtype == "bfloat16":
+        w = w.astype(ml_dtypes.bfloat16)
+    for m in (1, 5, 8, 11):
+        x = rng.standard_normal((m, 45)).astype(np.float32)
+        got = jax.jit(cpu_matvec.matvec)(jnp.asarray(x), jnp.asarray(w), jnp.int32(2))
+        np.testing.assert_allclose(np.asarray(got), x @ w[2].astype(np.float32).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w[1]))),
+                               x @ w[1].astype(np.float32).T, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_layout_errors(tiny, monkeypatch, tmp_path):
+    from viasd_jax import cpu_matvec
+
+    qm = quantize(tiny["llama"])
+    with pytest.raises(ValueError, match="not int8"):
+        LY.apply(qm.params, qm.config, "cpu-kernel")
+    monkeypatch.setenv("VIASD_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(cpu_matvec.KernelUnavailable, match="no-such-compiler"):
+        cpu_matvec.build()

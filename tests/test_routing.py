@@ -1,5 +1,6 @@
 """Route calibration on tiny models: better than random, deterministic, budgets, round trips."""
 
+import dataclasses
 import json
 import os
 
@@ -156,3 +157,15 @@ def test_restart_from_a_cached_stream_is_exact(deep, data):
         mask = base.copy()
         mask[start, :] = False
         np.testing.assert_allclose(scorer.from_layer(mask, start, streams[start]), scorer(mask)[0], rtol=1e-5)
+
+
+def test_gates_train_on_kernel_weights(deep, data):
+    """The compiled CPU kernel has no gradient; gates fall back to XLA's dot on the same
+    output-major weights and find the same route."""
+    from viasd_jax import layout as LY
+
+    model, _ = deep
+    kern = dataclasses.replace(model, params=LY.apply(model.params, model.config, "cpu-kernel"))
+    om = dataclasses.replace(model, params=LY.apply(model.params, model.config, "output-major"))
+    routes = [routing.train_gates(routing.Scorer(m, data), 0.4, "layer", steps=3, progress=False) for m in (kern, om)]
+    np.testing.assert_array_equal(*routes)

@@ -50,7 +50,8 @@ def parse_route(text: str | None):
         raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
 
 
-LAYOUT_HELP = "weight matrices' memory layout (output-major: faster 1-token steps on CPU, slower windows)"
+LAYOUT_HELP = ("weight matrices' memory layout; cpu-kernel: output-major through the compiled CPU "
+               "matrix-vector kernel (fastest on CPU); output-major: XLA's dot over that layout")
 
 
 def load_drafter(spec: str | None, dtype=None, quantize=None, layout="input-major"):

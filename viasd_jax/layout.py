@@ -11,6 +11,11 @@ Measured on the development CPU (docs/performance.md): a one-token forward of th
 1.5B target is 1.38x faster output-major, windows of 5-9 tokens (verification) 0.84x
 (`python benchmarks/layout_cost.py`), and generation is not faster end to end. It is
 therefore an option (`load(..., layout=)`, `--layout`), not the default.
+
+`layout="cpu-kernel"` keeps the output-major weights but multiplies them with the
+compiled kernel of `viasd_jax.cpu_matvec` instead of XLA's dot: inside the layer scan
+a weight stays the stacked array plus the layer index (`select_layer`), so the kernel
+streams it in place.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-LAYOUTS = ("input-major", "output-major")
+LAYOUTS = ("input-major", "output-major", "cpu-kernel")
 
 
 def matrices() -> dict[str, tuple[str, str]]:
@@ -37,9 +42,15 @@ def matrices() -> dict[str, tuple[str, str]]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class OutputMajor:
-    """A matrix stored with its contracted axes last (`w` may be an `Int8Weight`)."""
+    """A matrix stored with its contracted axes last (`w` may be an `Int8Weight`).
+
+    `kernel` computes it with the compiled CPU kernel; `layer` is set (a traced index)
+    while one layer of a stacked kernel weight is selected, `w` staying the whole stack.
+    """
 
     w: object
+    layer: jax.Array | None = None
+    kernel: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def shape(self):
@@ -65,15 +76,18 @@ def check(layout: str) -> str:
     return layout
 
 
-def to_output_major(params, cfg):
-    """`params` with every matrix leaf wrapped as `OutputMajor` (idempotent)."""
+def to_output_major(params, cfg, kernel: bool = False):
+    """`params` with every matrix leaf wrapped as `OutputMajor` (idempotent), computed by
+    the compiled CPU kernel if `kernel`."""
     from viasd_jax.params import leaves_of, params_from_leaves
 
     out = dict(leaves_of(params))
     for name, (dims, contracted) in matrices().items():
         w = out.get(name)
-        if w is not None and not isinstance(w, OutputMajor):
-            out[name] = OutputMajor(_permute_jit(w, dims, output_major_dims(dims, contracted)))
+        if isinstance(w, OutputMajor):
+            out[name] = OutputMajor(w.w, kernel=kernel)
+        elif w is not None:
+            out[name] = OutputMajor(_permute_jit(w, dims, output_major_dims(dims, contracted)), kernel=kernel)
     return params_from_leaves(cfg, out)
 
 
@@ -90,16 +104,38 @@ def to_input_major(params, cfg):
 
 
 def apply(params, cfg, layout: str):
-    """`params` in `layout` ("input-major" or "output-major")."""
-    return to_output_major(params, cfg) if check(layout) == "output-major" else to_input_major(params, cfg)
+    """`params` in `layout` (one of `LAYOUTS`)."""
+    if check(layout) == "input-major":
+        return to_input_major(params, cfg)
+    if layout == "cpu-kernel":
+        from viasd_jax import cpu_matvec
+        from viasd_jax.quant import Int8Weight
+
+        if isinstance(params.layers.wq, Int8Weight) or isinstance(getattr(params.layers.wq, "w", None), Int8Weight):
+            raise ValueError("layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not int8")
+        cpu_matvec.ensure()
+    return to_output_major(params, cfg, kernel=layout == "cpu-kernel")
+
+
+def layout_of(params) -> str:
+    w = params.layers.wq
+    return "input-major" if not isinstance(w, OutputMajor) else "cpu-kernel" if w.kernel else "output-major"
 
 
 def is_output_major(params) -> bool:
     return isinstance(params.layers.wq, OutputMajor)
 
 
-def dense_output_major(x: jax.Array, w, subscripts: str) -> jax.Array:
-    """`einsum(subscripts, x, w)` for `w` (plain or `Int8Weight`) stored output-major.
+def select_layer(w, idx):
+    """Layer `idx` of a stacked matrix leaf: a slice, or for a kernel weight the stack
+    tagged with `idx` (the kernel reads the layer in place; a slice would be a copy)."""
+    if isinstance(w, OutputMajor) and w.kernel:
+        return OutputMajor(w.w, layer=idx, kernel=True)
+    return jax.tree.map(lambda a: a[idx], w)
+
+
+def dense_output_major(x: jax.Array, w: OutputMajor, subscripts: str) -> jax.Array:
+    """`einsum(subscripts, x, w)` for an `OutputMajor` matrix (plain or `Int8Weight` inside).
 
     `subscripts` name the input-major axes (`"btd,df->btf"`); the contracted axes must
     trail `x`. Leading axes of `x` are flattened: XLA's CPU backend turns a batched
@@ -110,6 +146,9 @@ def dense_output_major(x: jax.Array, w, subscripts: str) -> jax.Array:
     contracted = "".join(d for d in w_axes if d in x_axes)
     if not x_axes.endswith(contracted):
         raise ValueError(f"dense {subscripts!r}: contracted axes must trail the activations")
+    if w.kernel:
+        return _dense_kernel(x, w, len(contracted))
+    w = w.w
     quantized = hasattr(w, "q")
     data = w.q if quantized else w
     out_shape = data.shape[: data.ndim - len(contracted)]
@@ -121,6 +160,20 @@ def dense_output_major(x: jax.Array, w, subscripts: str) -> jax.Array:
     if quantized:
         y = y * w.scale.reshape(out_shape).astype(y.dtype)
     return y
+
+
+def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
+    from viasd_jax import cpu_matvec
+
+    stacked = w.layer is not None
+    data = w.w
+    lead = data.shape[:1] if stacked else ()
+    body = data.shape[len(lead):]
+    out_shape, k_shape = body[: len(body) - n_contracted], body[len(body) - n_contracted:]
+    w3 = data.reshape(*lead, math.prod(out_shape), math.prod(k_shape))  # a bitcast: no copy
+    batch_shape = x.shape[: x.ndim - n_contracted]
+    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0)
+    return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
 
 
 _permute_jit = jax.jit(permute, static_argnums=(1, 2))

@@ -17,6 +17,7 @@ import numpy as np
 
 from viasd_jax.cache import KVCache, write_layer
 from viasd_jax.config import ModelConfig
+from viasd_jax.layout import OutputMajor, layout_of, select_layer
 from viasd_jax.params import Params
 from viasd_jax.quant import Int8Weight, dense
 
@@ -127,7 +128,7 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
     """
 
     def layer_params():
-        return jax.tree.map(lambda w: w[idx], layers)
+        return jax.tree.map(lambda w: select_layer(w, idx), layers, is_leaf=lambda w: isinstance(w, OutputMajor))
 
     def attn(c):
         o, ck, cv = _attn_block(cfg, layer_params(), idx, window, *c, positions, inv_freq)
@@ -191,7 +192,9 @@ def forward(
 
 def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """LM head: hidden `[..., D]` -> float32 logits `[..., V]` (soft-capped if configured)."""
-    if params.lm_head is None:
+    if params.lm_head is None and layout_of(params) == "cpu-kernel":
+        out = dense(hidden, OutputMajor(params.embed, kernel=True), "...d,dv->...v")  # the table is [V, D]
+    elif params.lm_head is None:
         out = dense(hidden, params.embed, "...d,vd->...v")
     else:
         out = dense(hidden, params.lm_head, "...d,dv->...v")

@@ -56,7 +56,7 @@ def dense(x: jax.Array, w, subscripts: str) -> jax.Array:
     name the weight's input-major (checkpoint) axes. The output's trailing axes must be the
     weight's non-contracted axes, in order."""
     if isinstance(w, OutputMajor):
-        return dense_output_major(x, w.w, subscripts)
+        return dense_output_major(x, w, subscripts)
     if not isinstance(w, Int8Weight):
         return jnp.einsum(subscripts, x, w)
     out = jnp.einsum(subscripts, x, w.q.astype(x.dtype))

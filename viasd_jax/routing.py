@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from viasd_jax import layout as LY
 from viasd_jax import model as M
 from viasd_jax.cache import init_cache
 from viasd_jax.config import ModelConfig
@@ -345,12 +346,15 @@ def train_gates(scorer: Scorer, skip_ratio: float, granularity: str = "sublayer"
     opt = optax.adam(lr)
     state = opt.init(theta)
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    # The compiled CPU kernel has no gradient; the same output-major weights through XLA's dot do.
+    params = LY.to_output_major(scorer.model.params, cfg) if LY.layout_of(scorer.model.params) == "cpu-kernel" \
+        else scorer.model.params
     best_kl, best = np.inf, None
     bar = tqdm(range(steps), desc="gates", disable=not progress)
     for t in bar:
         key, sub = jax.random.split(key)
         temperature = noise * (1.0 - t / max(steps - 1, 1))
-        (kl, hard), grad = step(theta, sub, temperature, scorer.model.params, scorer.tokens, scorer.positions,
+        (kl, hard), grad = step(theta, sub, temperature, params, scorer.tokens, scorer.positions,
                                 scorer.valid, scorer.teacher)
         scorer.evaluations += 1
         if float(kl) < best_kl:

@@ -4,8 +4,9 @@ Each system turns one prompt (token ids) into generated ids and a wall time that
 excludes compilation; ours also report the engine's counters. A system name may
 carry overrides of the shared engine options after an `@`, separated by `:`,
 e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
-builds its grid this way). `layout=output-major` / `drafter_layout=output-major`
-run that system on a second copy of the target / drafter in that weight layout, and
+builds its grid this way). `layout=...` / `drafter_layout=...` (`output-major`,
+`cpu-kernel`, or `input-major` when the bench's `--layout` is another) run that
+system on a second copy of the target / drafter in that weight layout, and
 `quantize=int8` on int8 copies of both (each copy loaded once, shared by every system
 that names it).
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import viasd_jax
 from viasd_jax import fetch
+from viasd_jax.layout import layout_of
 
 OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self", "viasd-lookup")
 PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
@@ -153,8 +155,11 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
     copies = {}  # (path, layout, quantize) -> a second copy of a model
 
     def variant(model, path, layout, quant):
-        layout, quant = layout or "input-major", quant or quantize
-        if (layout, quant) == ("input-major", quantize) or not hasattr(model, "params"):
+        if not hasattr(model, "params"):
+            return model
+        base_layout = layout_of(model.params)
+        layout, quant = layout or base_layout, quant or quantize
+        if (layout, quant) == (base_layout, quantize):
             return model
         if (path, layout, quant) not in copies:
             copies[path, layout, quant] = viasd_jax.load(path, dtype=dtype, quantize=quant, layout=layout)

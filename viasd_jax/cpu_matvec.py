@@ -1,0 +1,100 @@
+"""The compiled CPU matrix-vector kernel (`csrc/matvec.cc`) behind `layout="cpu-kernel"`.
+
+XLA's CPU backend streams a decoding step's weights at about a quarter of this
+machine's memory bandwidth (docs/performance.md); the kernel multiplies the few
+activation rows of a decoding step by output-major weights at close to it. It is
+compiled on first use with the system's C++ compiler (`$CXX`, else `c++` / `g++`)
+for this CPU (`-march=native`) and cached under `~/.cache/viasd-jax/kernels`, keyed by
+the source, the jaxlib headers and the CPU's feature flags; then registered with
+XLA as the FFI target `viasd_matvec`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+TARGET = "viasd_matvec"
+SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "matvec.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernel cannot be built or used here (no compiler, not a CPU backend)."""
+
+
+def _compiler() -> str:
+    if os.environ.get("CXX"):
+        if not shutil.which(os.environ["CXX"]):
+            raise KernelUnavailable(f"CXX={os.environ['CXX']!r} is not an executable compiler")
+        return shutil.which(os.environ["CXX"])
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return shutil.which(name)
+    raise KernelUnavailable("layout 'cpu-kernel' needs a C++ compiler: install g++ or set CXX")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> str:
+    return os.path.join(os.environ.get("VIASD_CACHE", os.path.expanduser("~/.cache/viasd-jax")), "kernels")
+
+
+def build() -> str:
+    """Path of the compiled library for this source, jaxlib and CPU (compiled if missing)."""
+    import jaxlib
+
+    cxx = _compiler()
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:16]
+    path = os.path.join(_cache_dir(), f"matvec-{key}.so")
+    if os.path.exists(path):
+        return path
+    os.makedirs(_cache_dir(), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
+        out = os.path.join(tmp, "matvec.so")
+        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", out]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise KernelUnavailable(f"compiling {SOURCE} failed: {last}")
+        os.replace(out, path)  # atomic: concurrent builders agree on the result
+    return path
+
+
+@functools.cache
+def ensure() -> None:
+    """Build (if needed) and register the kernel once per process; raises `KernelUnavailable`."""
+    if jax.default_backend() != "cpu":
+        raise KernelUnavailable(f"layout 'cpu-kernel' runs on the CPU backend, not {jax.default_backend()!r}")
+    lib = ctypes.cdll.LoadLibrary(build())
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ViasdMatvec), platform="cpu")
+
+
+def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
+    """`x [M, K] @ w[layer].T` for output-major `w [L, N, K]` (or `[N, K]`, layer 0) -> `[M, N]` float32.
+
+    `w` is float32 or bfloat16; `layer` may be traced (the kernel reads the stacked
+    weights in place, so a scan over layers copies nothing). Not differentiable.
+    """
+    ensure()
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-2]), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
+    return call(x.astype(jnp.float32), w, jnp.asarray(layer, jnp.int32))

@@ -1,0 +1,162 @@
+// Matrix times a few vectors for CPU decoding: y[M, N] = x[M, K] . W[layer][N, K]^T.
+//
+// Decoding multiplies 1-16 activation rows by every weight matrix, so its speed is
+// the speed of streaming the weights from memory. W is output-major (each output's K
+// weights contiguous, as PyTorch stores nn.Linear) and stacked over layers; the layer
+// is a runtime operand, so a kernel inside lax.scan reads the stacked weights in place
+// instead of receiving a sliced copy. Rows of W are split across XLA's intra-op thread
+// pool; each block of R rows is read once from memory and multiplied by every x row.
+// Weights may be float32 or bfloat16 (widened to float32 in registers); accumulation
+// is float32.
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint16_t Half __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline Vec load(const uint16_t* p) {  // bfloat16 bits are the top half of a float32
+  Half h;
+  std::memcpy(&h, p, sizeof h);
+  Bits b = __builtin_convertvector(h, Bits) << 16;
+  Vec v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  uint32_t b = uint32_t(w) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+inline float lane_sum(Vec v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// Rows [n, n + R) of W times activation rows [0, M): y[m, n + r] = sum_k x[m, k] w[n + r, k].
+template <int M, int R, typename T>
+void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64_t n) {
+  Vec acc[M][R] = {};
+  const int64_t k_vec = K - K % kLanes;
+  for (int64_t k = 0; k < k_vec; k += kLanes) {
+    Vec wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load(w + (n + r) * K + k);
+    for (int m = 0; m < M; ++m) {
+      const Vec xv = load(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = lane_sum(acc[m][r]);
+      for (int64_t k = k_vec; k < K; ++k) s += x[m * K + k] * widen(w[(n + r) * K + k]);
+      y[m * N + n + r] = s;
+    }
+}
+
+// All M activation rows against rows [n0, n1) of W, in groups of at most 8 tokens.
+template <typename T>
+void rows(const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int R = 4;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
+    for (int64_t m = 0; m < M; m += 8) {
+      const float* xm = x + m * K;
+      float* ym = y + m * N;
+      switch (M - m < 8 ? M - m : 8) {
+        case 1: row_block<1, R>(w, xm, ym, K, N, n); break;
+        case 2: row_block<2, R>(w, xm, ym, K, N, n); break;
+        case 3: row_block<3, R>(w, xm, ym, K, N, n); break;
+        case 4: row_block<4, R>(w, xm, ym, K, N, n); break;
+        case 5: row_block<5, R>(w, xm, ym, K, N, n); break;
+        case 6: row_block<6, R>(w, xm, ym, K, N, n); break;
+        case 7: row_block<7, R>(w, xm, ym, K, N, n); break;
+        default: row_block<8, R>(w, xm, ym, K, N, n); break;
+      }
+    }
+  }
+  for (; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) row_block<1, 1>(w, x + m * K, y + m * N, K, N, n);
+}
+
+// Splits rows of W into chunks that the caller and the pool's threads claim in turn.
+// The caller claims chunks too, so the call finishes even if no pool thread is free.
+struct Job {
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t chunks = 0, chunk_rows = 0, N = 0;
+};
+
+template <typename T>
+void run(ffi::ThreadPool& pool, const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N) {
+  auto job = std::make_shared<Job>();
+  job->N = N;
+  job->chunk_rows = 64;
+  job->chunks = (N + job->chunk_rows - 1) / job->chunk_rows;
+  auto work = [job, w, x, y, M, K, N]() {
+    for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
+      const int64_t n0 = c * job->chunk_rows, n1 = std::min(N, n0 + job->chunk_rows);
+      rows(w, x, y, M, K, N, n0, n1);
+      job->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+}
+
+ffi::Error matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
+                  ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3))
+    return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K] and w [N, K] or [L, N, K]");
+  const int64_t M = xd[0], K = xd[1], N = wd[wd.size() - 2], L = wd.size() == 3 ? wd[0] : 1;
+  if (wd[wd.size() - 1] != K) return ffi::Error::InvalidArgument("viasd matvec: x and w disagree on K");
+  const int64_t l = layer.typed_data()[0];
+  if (l < 0 || l >= L) return ffi::Error::InvalidArgument("viasd matvec: layer index out of range");
+  float* out = y->typed_data();
+  const float* xs = x.typed_data();
+  switch (w.element_type()) {
+    case ffi::DataType::F32:
+      run(pool, static_cast<const float*>(w.untyped_data()) + l * N * K, xs, out, M, K, N);
+      break;
+    case ffi::DataType::BF16:
+      run(pool, static_cast<const uint16_t*>(w.untyped_data()) + l * N * K, xs, out, M, K, N);
+      break;
+    default:
+      return ffi::Error::InvalidArgument("viasd matvec: weights must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvec, matvec,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
