@@ -111,7 +111,8 @@ def apply(params, cfg, layout: str):
         from viasd_jax import cpu_matvec
         from viasd_jax.quant import Int8Weight
 
-        if isinstance(params.layers.wq, Int8Weight) or isinstance(getattr(params.layers.wq, "w", None), Int8Weight):
+        wq = params.layers.wq
+        if isinstance(wq.w if isinstance(wq, OutputMajor) else wq, Int8Weight):
             raise ValueError("layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not int8")
         cpu_matvec.ensure()
     return to_output_major(params, cfg, kernel=layout == "cpu-kernel")
@@ -123,7 +124,7 @@ def layout_of(params) -> str:
 
 
 def is_output_major(params) -> bool:
-    return isinstance(params.layers.wq, OutputMajor)
+    return layout_of(params) != "input-major"
 
 
 def select_layer(w, idx):

@@ -105,18 +105,18 @@ void rows(const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N,
 // The caller claims chunks too, so the call finishes even if no pool thread is free.
 struct Job {
   std::atomic<int64_t> next{0}, done{0};
-  int64_t chunks = 0, chunk_rows = 0, N = 0;
+  int64_t chunks = 0;
 };
+
+constexpr int64_t kChunkRows = 64;
 
 template <typename T>
 void run(ffi::ThreadPool& pool, const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N) {
   auto job = std::make_shared<Job>();
-  job->N = N;
-  job->chunk_rows = 64;
-  job->chunks = (N + job->chunk_rows - 1) / job->chunk_rows;
+  job->chunks = (N + kChunkRows - 1) / kChunkRows;
   auto work = [job, w, x, y, M, K, N]() {
     for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
-      const int64_t n0 = c * job->chunk_rows, n1 = std::min(N, n0 + job->chunk_rows);
+      const int64_t n0 = c * kChunkRows, n1 = std::min(N, n0 + kChunkRows);
       rows(w, x, y, M, K, N, n0, n1);
       job->done.fetch_add(1, std::memory_order_release);
     }
