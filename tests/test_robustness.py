@@ -140,3 +140,29 @@ def test_drafter_with_other_special_tokens_is_refused(target, tiny):
     other = dataclasses.replace(tiny["llama"], eos_ids=(7,))
     with pytest.raises(ValueError, match="drafter EOS ids"):
         viasd_jax.generate(target, [PROMPT], drafter=other)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunked_prefill_equals_one_forward(target, tiny, chunk):
+    """Prefill in chunks of `chunk` tokens writes the same target and drafter caches as
+    one forward over the whole bucket, for ragged prompts (one shorter than a chunk)."""
+    prompts = [list(range(3, 3 + 23)), [9, 4], list(range(40, 40 + 13))]
+    prep = prepare(target, prompts, mode="sd", drafter=tiny["llama"], gamma=2, max_new_tokens=4)
+    whole = D.prefill(prep.state, prep.params, prep.config, bucket(23))
+    parts = D.prefill(prep.state, prep.params, prep.config, chunk)
+    for got, want in ((parts.cache, whole.cache), (parts.draft_cache, whole.draft_cache)):
+        np.testing.assert_array_equal(got.lengths, [22, 1, 12])
+        np.testing.assert_allclose(got.k, want.k, atol=1e-5)
+        np.testing.assert_allclose(got.v, want.v, atol=1e-5)
+
+
+def test_prompt_longer_than_the_prefill_chunk(target, lossless_modes, monkeypatch):
+    """A prompt of several prefill chunks decodes as with a single chunk, in every lossless mode."""
+    import sys
+
+    prompt = [int(t) for t in np.random.default_rng(0).integers(3, target.config.vocab_size, 45)]
+    want = _ar(target, prompt)
+    monkeypatch.setattr(sys.modules["viasd_jax.generate"], "PREFILL_CHUNK", 8)
+    assert _ar(target, prompt) == want
+    for name, kw in lossless_modes:
+        assert _ar(target, prompt, **kw) == want, name

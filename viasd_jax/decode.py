@@ -150,16 +150,27 @@ def _drafter_model(params: EngineParams, config: EngineConfig):
 
 
 def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, width: int) -> DecodeState:
-    """Feed every prompt token but the last to the target (and a model drafter)."""
+    """Feed every prompt token but the last to the target (and a model drafter), `width`
+    tokens per forward, as many forwards as the longest prompt needs (a `lax.while_loop`).
+
+    Chunks keep prefill compute near the prompt's real length: one forward over a
+    power-of-two bucket wastes up to half of it on padding, and prefill is compute-bound."""
     count = jnp.maximum(state.prompt_len - 1, 0)
-    window = state.tokens[:, :width]
-    pos = window_positions(jnp.zeros_like(count), count, width)
-    _, cache = M.forward(params.target, config.target, window, pos, state.cache)
-    draft_cache = state.draft_cache
-    if draft_cache is not None:
-        d_params, d_cfg = _drafter_model(params, config)
-        _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route)
-        draft_cache = with_lengths(draft_cache, count)
+    draft = None if state.draft_cache is None else _drafter_model(params, config)
+
+    def chunk(i, caches):
+        cache, draft_cache = caches
+        start = jnp.full_like(count, i * width)
+        window = gather_window(state.tokens, start, width)
+        pos = window_positions(start, jnp.clip(count - start, 0, width), width)
+        _, cache = M.forward(params.target, config.target, window, pos, cache)
+        if draft_cache is not None:
+            _, draft_cache = M.forward(draft[0], draft[1], window, pos, draft_cache, params.draft_route)
+        return cache, draft_cache
+
+    chunks = (jnp.max(count) + width - 1) // width
+    cache, draft_cache = jax.lax.fori_loop(0, chunks, chunk, (state.cache, state.draft_cache))
+    draft_cache = None if draft_cache is None else with_lengths(draft_cache, count)
     return dataclasses.replace(state, cache=with_lengths(cache, count), draft_cache=draft_cache)
 
 

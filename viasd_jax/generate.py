@@ -27,6 +27,7 @@ from viasd_jax.sampling import SamplingParams
 from viasd_jax.stopping import stop_array
 
 LENGTH_MULTIPLE = 128  # cache lengths are rounded up to this, so max_new_tokens rarely recompiles
+PREFILL_CHUNK = 64  # prompt tokens per prefill forward (shorter prompts use their bucket)
 
 _COMPILED: dict[Any, Any] = {}
 _COMPILE_SECONDS: list[float] = []
@@ -182,7 +183,7 @@ class Prepared:
     config: D.EngineConfig
     params: D.EngineParams
     state: D.DecodeState
-    prefill_width: int
+    prefill_width: int  # prompt tokens per prefill forward (see decode.prefill)
     prompt_tokens: list[list[int]]  # the real prompts (padding rows for a mesh excluded)
     tokenizer: Any = None
 
@@ -270,7 +271,7 @@ def prepare(
         draft_stop=jnp.asarray(stop_below, jnp.float32),
         stops=jnp.asarray(stop_array(_stop_sequences(target, stop))),
     )
-    return Prepared(config, params, state, width, ids[:num_prompts], target.tokenizer)
+    return Prepared(config, params, state, min(width, PREFILL_CHUNK), ids[:num_prompts], target.tokenizer)
 
 
 def collect(prepared: Prepared, out: D.DecodeState, seconds: float = 0.0, compile_s: float = 0.0) -> GenerateResult:
