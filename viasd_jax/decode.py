@@ -156,7 +156,7 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     Chunks keep prefill compute near the prompt's real length: one forward over a
     power-of-two bucket wastes up to half of it on padding, and prefill is compute-bound."""
     count = jnp.maximum(state.prompt_len - 1, 0)
-    draft = None if state.draft_cache is None else _drafter_model(params, config)
+    d_params, d_cfg = _drafter_model(params, config) if state.draft_cache is not None else (None, None)
 
     def chunk(i, caches):
         cache, draft_cache = caches
@@ -165,7 +165,7 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
         pos = window_positions(start, jnp.clip(count - start, 0, width), width)
         _, cache = M.forward(params.target, config.target, window, pos, cache)
         if draft_cache is not None:
-            _, draft_cache = M.forward(draft[0], draft[1], window, pos, draft_cache, params.draft_route)
+            _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route)
         return cache, draft_cache
 
     chunks = (jnp.max(count) + width - 1) // width
