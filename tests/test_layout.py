@@ -67,7 +67,8 @@ def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
 def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     """Tails in every dimension: K not a multiple of the 16 vector lanes, N not of the
-    4-row block, M above the 8-token group; a stacked weight read at a traced layer."""
+    3- or 4-row blocks nor of the 48-row chunk, every token-group size 1-9 and M above
+    one group; a stacked weight read at a traced layer."""
     import jax
     import jax.numpy as jnp
     import ml_dtypes
@@ -75,10 +76,10 @@ def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     from viasd_jax import cpu_matvec
 
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((3, 37, 45)).astype(np.float32)
+    w = rng.standard_normal((3, 101, 45)).astype(np.float32)
     if dtype == "bfloat16":
         w = w.astype(ml_dtypes.bfloat16)
-    for m in (1, 5, 8, 11):
+    for m in (*range(1, 10), 11, 19):
         x = rng.standard_normal((m, 45)).astype(np.float32)
         got = jax.jit(cpu_matvec.matvec)(jnp.asarray(x), jnp.asarray(w), jnp.int32(2))
         np.testing.assert_allclose(np.asarray(got), x @ w[2].astype(np.float32).T, rtol=1e-5, atol=1e-5)

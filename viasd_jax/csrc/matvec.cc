@@ -5,7 +5,8 @@
 // weights contiguous, as PyTorch stores nn.Linear) and stacked over layers; the layer
 // is a runtime operand, so a kernel inside lax.scan reads the stacked weights in place
 // instead of receiving a sliced copy. Rows of W are split across XLA's intra-op thread
-// pool; each block of R rows is read once from memory and multiplied by every x row.
+// pool; each block of R rows is read once from memory and multiplied by up to 9 x rows
+// held in registers (more rows: again, from cache).
 // Weights may be float32 or bfloat16 (widened to float32 in registers); accumulation
 // is float32.
 
@@ -22,6 +23,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;
+constexpr int64_t kPrefetch = 256;  // elements ahead (1 KB of float32)
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef uint16_t Half __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
@@ -62,7 +64,12 @@ void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64
   const int64_t k_vec = K - K % kLanes;
   for (int64_t k = 0; k < k_vec; k += kLanes) {
     Vec wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = load(w + (n + r) * K + k);
+    for (int r = 0; r < R; ++r) {
+      // Several x rows make this loop compute-heavy enough that the hardware prefetcher
+      // alone falls behind; a single row is pure streaming and needs no hint.
+      if constexpr (M > 1) __builtin_prefetch(w + (n + r) * K + k + kPrefetch, 0, 0);
+      wv[r] = load(w + (n + r) * K + k);
+    }
     for (int m = 0; m < M; ++m) {
       const Vec xv = load(x + m * K + k);
       for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
@@ -76,29 +83,36 @@ void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64
     }
 }
 
-// All M activation rows against rows [n0, n1) of W, in groups of at most 8 tokens.
+// Activation rows [0, M) against rows [n0, n1) of W, R rows of W at a time. M * R
+// accumulators plus R weight vectors and one x vector must fit AVX-512's 32 registers.
+template <int M, int R, typename T>
+void sweep(const T* w, const float* x, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) row_block<M, R>(w, x, y, K, N, n);
+  for (; n < n1; ++n) row_block<M, 1>(w, x, y, K, N, n);
+}
+
+// A group of at most 9 activation rows: up to 6 take 4 rows of W per step, 7-9 take 3.
+template <typename T>
+void group(const T* w, const float* x, float* y, int64_t G, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  switch (G) {
+    case 1: return sweep<1, 4>(w, x, y, K, N, n0, n1);
+    case 2: return sweep<2, 4>(w, x, y, K, N, n0, n1);
+    case 3: return sweep<3, 4>(w, x, y, K, N, n0, n1);
+    case 4: return sweep<4, 4>(w, x, y, K, N, n0, n1);
+    case 5: return sweep<5, 4>(w, x, y, K, N, n0, n1);
+    case 6: return sweep<6, 4>(w, x, y, K, N, n0, n1);
+    case 7: return sweep<7, 3>(w, x, y, K, N, n0, n1);
+    case 8: return sweep<8, 3>(w, x, y, K, N, n0, n1);
+    default: return sweep<9, 3>(w, x, y, K, N, n0, n1);
+  }
+}
+
+// All M activation rows against rows [n0, n1) of W, in groups of at most 9 (a chunk's
+// rows of W stay in cache between groups).
 template <typename T>
 void rows(const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  constexpr int R = 4;
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) {
-    for (int64_t m = 0; m < M; m += 8) {
-      const float* xm = x + m * K;
-      float* ym = y + m * N;
-      switch (M - m < 8 ? M - m : 8) {
-        case 1: row_block<1, R>(w, xm, ym, K, N, n); break;
-        case 2: row_block<2, R>(w, xm, ym, K, N, n); break;
-        case 3: row_block<3, R>(w, xm, ym, K, N, n); break;
-        case 4: row_block<4, R>(w, xm, ym, K, N, n); break;
-        case 5: row_block<5, R>(w, xm, ym, K, N, n); break;
-        case 6: row_block<6, R>(w, xm, ym, K, N, n); break;
-        case 7: row_block<7, R>(w, xm, ym, K, N, n); break;
-        default: row_block<8, R>(w, xm, ym, K, N, n); break;
-      }
-    }
-  }
-  for (; n < n1; ++n)
-    for (int64_t m = 0; m < M; ++m) row_block<1, 1>(w, x + m * K, y + m * N, K, N, n);
+  for (int64_t m = 0; m < M; m += 9) group(w, x + m * K, y + m * N, std::min<int64_t>(M - m, 9), K, N, n0, n1);
 }
 
 // Splits rows of W into chunks that the caller and the pool's threads claim in turn.
@@ -108,7 +122,7 @@ struct Job {
   int64_t chunks = 0;
 };
 
-constexpr int64_t kChunkRows = 64;
+constexpr int64_t kChunkRows = 48;  // a multiple of 3 and 4
 
 template <typename T>
 void run(ffi::ThreadPool& pool, const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N) {
