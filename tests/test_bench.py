@@ -159,3 +159,19 @@ def test_bench_resumes_from_its_checkpoint(pair, tmp_path):
     assert sorted((key(r), r["tokens"]) for r in resumed["runs"]) == sorted((key(r), r["tokens"]) for r in full["runs"])
     with pytest.raises(ValueError, match="other settings .*max_new_tokens"):
         run_bench(target, prompts, ["viasd-ar", "viasd-lookup"], **{**kw, "max_new_tokens": 5})
+
+
+def test_bench_drafter_and_width_overrides(pair):
+    from viasd_jax.bench.systems import make_systems
+    import viasd_jax
+
+    target, drafter, _ = pair
+    t, d = viasd_jax.load(target), viasd_jax.load(drafter)
+    names = ["viasd-ar", "viasd-sd@drafter=lookup:gamma=6:verify_widths=1+3", "viasd-via@drafter=self:verify_widths=none"]
+    ar, sd_lookup, via_self = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
+    assert sd_lookup.options["drafter"] == "lookup" and sd_lookup.options["gamma"] == 6
+    assert via_self.options["drafter"] == "self" and "self_route" in via_self.options
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    assert sd_lookup.run(prompt, 8).tokens == ar.run(prompt, 8).tokens
+    with pytest.raises(ValueError, match="drafter override takes 'lookup' or 'self'"):
+        make_systems(["viasd-ar@drafter=lookup"], t, target, "float32")

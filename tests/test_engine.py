@@ -1,6 +1,7 @@
 """The VIA-SD engine on tiny models: lossless modes are exact, tiers behave, counters add up."""
 
 import dataclasses
+import sys
 
 import jax
 import numpy as np
@@ -152,3 +153,52 @@ def test_drafter_errors(target, tiny):
             viasd_jax.generate(target, [[5, 6]], drafter="lookup", tau_slim=bad)
     with pytest.raises(ValueError, match="lossless=True applies to mode 'via' only"):
         viasd_jax.generate(target, [[5, 6]], drafter="lookup", mode="sd", lossless=True)
+
+
+WIDTH_CASES = [
+    dict(mode="sd", drafter="lookup", gamma=5),
+    dict(mode="sd", drafter="near", gamma=4, draft_stop=0.6),
+    dict(mode="via", drafter="near", gamma=3, route=[0, 3], tau_accept=0.5, tau_slim=0.4),
+    dict(mode="via", drafter="lookup", gamma=4, route=[0, 3], lossless=True),
+]
+
+
+@pytest.mark.parametrize("case", WIDTH_CASES, ids=["sd-lookup", "sd-adaptive", "via", "via-lossless-lookup"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_verify_widths_change_no_tokens(target, near_drafter, case, temperature):
+    """Running a round's passes in a narrower window is a pure speed choice: the same
+    tokens, greedy or sampled, with every ladder (none, the default, every width)."""
+    kw = {**case, "drafter": near_drafter if case["drafter"] == "near" else case["drafter"]}
+    full_width = 1 + kw["gamma"] if kw["mode"] == "sd" else 3 * kw["gamma"] + 2
+    runs = [viasd_jax.generate(target, PROMPTS, max_new_tokens=20, temperature=temperature, seed=3,
+                               verify_widths=widths, **kw).tokens
+            for widths in ("none", None, list(range(1, full_width)))]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_default_verify_widths_are_compiled(target, monkeypatch):
+    """The default ladder really traces the narrow passes: width 1 for lookup, gamma + 2 in via."""
+    from viasd_jax import decode as D
+
+    monkeypatch.setattr(sys.modules["viasd_jax.generate"], "_COMPILED", {})  # trace afresh
+    jax.clear_caches()
+    seen, forward = set(), D.M.forward
+    monkeypatch.setattr(D.M, "forward", lambda params, cfg, tokens, *a, **k: (seen.add(tokens.shape[1]),
+                                                                              forward(params, cfg, tokens, *a, **k))[1])
+    viasd_jax.generate(target, [[5, 6, 7, 8]], drafter="lookup", gamma=3, max_new_tokens=4)
+    assert {1, 5, 10, 11} <= seen  # slim and full: 1 and gamma+2 (and one less), the full windows 3*3+2 and 10
+
+
+def test_narrowest_width_is_chosen():
+    import jax.numpy as jnp
+
+    from viasd_jax.decode import _narrowest
+
+    for window, want in [(0, 1), (1, 1), (2, 5), (5, 5), (6, 9), (9, 9)]:
+        assert int(_narrowest((1, 5, 9), jnp.int32(window), lambda w: lambda x: x + w, jnp.int32(0))) == want
+
+
+def test_verify_widths_errors(target):
+    for bad in ([0], [6], "a,b"):
+        with pytest.raises(ValueError, match="verify_widths must be"):
+            viasd_jax.generate(target, [[5, 6]], drafter="lookup", mode="sd", gamma=5, verify_widths=bad)

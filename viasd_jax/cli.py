@@ -83,6 +83,7 @@ def cmd_generate(args) -> None:
         pending_bound=args.pending_bound,
         mix_lookup=args.mix_lookup,
         draft_stop=args.draft_stop,
+        verify_widths=args.verify_widths,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a model drafter: use prompt-lookup drafts when they offer >= this many tokens")
     g.add_argument("--draft-stop", type=float, default=0.0,
                    help="stop drafting once the drafter's top probability is below this (0: always gamma)")
+    g.add_argument("--verify-widths", default=None,
+                   help="narrower verification windows, e.g. '1,6', or 'none' (default: 1 for lookup, gamma+2 for via)")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable)")
     g.add_argument("--prompts", help="jsonl file with a 'prompt' field per line")
     g.add_argument("--max-new-tokens", type=int, default=128)

@@ -55,6 +55,7 @@ class EngineConfig:
     pending_bound: int = 0  # most pending tokens a row may carry without a full pass
     lossless: bool = False  # via only: re-check pending tokens at the next full pass
     mesh: Any = None  # a `jax.sharding.Mesh` (see sharding.py): keep the state laid out on it
+    verify_widths: tuple[int, ...] = ()  # narrower full passes a round may take when its window fits
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -68,6 +69,9 @@ class EngineConfig:
             raise ValueError(f"pending_bound must be >= 0, got {self.pending_bound}")
         if self.lossless and self.mode != "via":
             raise ValueError("lossless=True applies to mode 'via' only (ar and sd are always lossless)")
+        if any(int(w) != w or not 1 <= w < self.full_width for w in self.verify_widths):
+            raise ValueError(f"verify_widths must be integers in [1, {self.full_width}) (the full window), "
+                             f"got {self.verify_widths}")
 
     @property
     def slim_width(self) -> int:
@@ -78,6 +82,17 @@ class EngineConfig:
     def full_width(self) -> int:
         """Full window: the slim window plus a cheap-tier correction or slim bonus."""
         return {"ar": 1, "sd": 1 + self.gamma}.get(self.mode, self.pending_bound + self.gamma + 2)
+
+    @property
+    def full_widths(self) -> tuple[int, ...]:
+        """Widths a full pass is compiled for, narrowest first; a round takes the narrowest
+        that holds every row's window (on CPU a forward costs more the wider it is)."""
+        return tuple(sorted({*self.verify_widths, self.full_width}))
+
+    @property
+    def slim_widths(self) -> tuple[int, ...]:
+        """Widths a slim pass is compiled for (one less than each full width)."""
+        return tuple(sorted({max(w - 1, 1) for w in self.full_widths}))
 
     @property
     def ring(self) -> int:
@@ -209,14 +224,29 @@ def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, 
 
 def _slim_pass(tokens, f, n, n_draft, live, cache, params: EngineParams, config: EngineConfig):
     """Slim verifier over `[x_f..x_{n-1}, drafts]`: log-dists `[B, G+1, V]` for each draft
-    and the position after them; writes provisional K/V of its kept layers."""
-    width, cfg = config.slim_width, config.target
+    and the position after them; writes provisional K/V of its kept layers. Runs at the
+    narrowest of `config.slim_widths` that holds every live row's window."""
+    cfg = config.target
     count = jnp.where(live, n - f + n_draft, 0)
-    window = gather_window(tokens, f, width)
-    hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), cache, params.slim_route)
-    idx = jnp.clip((n - 1 - f)[:, None] + jnp.arange(config.gamma + 1)[None, :], 0, width - 1)
-    hidden = jnp.take_along_axis(hidden, idx[:, :, None], axis=1)
-    return log_probs(M.logits(params.target, cfg, hidden), params.sampling), cache
+
+    def at(width):
+        def run(cache):
+            window = gather_window(tokens, f, width)
+            hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), cache,
+                                      params.slim_route)
+            idx = jnp.clip((n - 1 - f)[:, None] + jnp.arange(config.gamma + 1)[None, :], 0, width - 1)
+            hidden = jnp.take_along_axis(hidden, idx[:, :, None], axis=1)
+            return log_probs(M.logits(params.target, cfg, hidden), params.sampling), cache
+        return run
+
+    return _narrowest(config.slim_widths, jnp.max(count), at, cache)
+
+
+def _narrowest(widths, window, at, operand):
+    """`at(w)(operand)` for the narrowest `w` of `widths` (ascending) that is >= `window`."""
+    if len(widths) == 1:
+        return at(widths[0])(operand)
+    return jax.lax.switch(jnp.sum(jnp.asarray(widths[:-1]) < window), [at(w) for w in widths], operand)
 
 
 def _effective(tr: TierResult, draft_logp, slim_logp, n_draft):
@@ -229,16 +259,16 @@ def _effective(tr: TierResult, draft_logp, slim_logp, n_draft):
     return jnp.where((i == n_draft[:, None])[..., None], slim_logp, eff)
 
 
-def _full_pass(key, buffers, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config):
-    """Full model over `[x_f .. x_{n'-1}, escalated drafts]` for the rows that need it,
-    lossless verification of the chain (escalated drafts; in lossless mode every
-    pending token too), commit. Other rows are untouched, so a row's output never
-    depends on its batch-mates.
+def _full_pass(key, buffers, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config, width):
+    """Full model over `[x_f .. x_{n'-1}, escalated drafts]` (at most `width` tokens) for
+    the rows that need it, lossless verification of the chain (escalated drafts; in
+    lossless mode every pending token too), commit. Other rows are untouched, so a row's
+    output never depends on its batch-mates (nor on the width their windows chose).
 
     Returns ((tokens, origin), cache, new n, accepted chain tokens, pending tokens in the chain).
     """
     tokens, origin = buffers
-    width, cfg = config.full_width, config.target
+    cfg = config.target
     count = jnp.where(rows, n_cheap - f + escalated, 0)
     window = gather_window(tokens, f, width)
     hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), state.cache)
@@ -258,7 +288,8 @@ def _full_pass(key, buffers, f, n_cheap, escalated, rows, draft_logp, settled, s
         pending_in_chain = jnp.zeros_like(f)
     else:
         chain_logp, pending_in_chain = None, jnp.zeros_like(f)
-    accepted, nxt = verify_chain(key, chain, chain_len, q, chain_logp, is_greedy(params.sampling))
+    accepted, nxt = verify_chain(key, chain, chain_len, q, chain_logp, is_greedy(params.sampling),
+                                 draw_width=config.full_width)
     n_full = jnp.where(rows, f + start + accepted + 1, n_cheap)
     tokens = write_tokens(tokens, n_full - 1, nxt[:, None], rows.astype(jnp.int32))
     origin = write_tokens(origin, n_full - 1, jnp.full_like(nxt, FULL)[:, None], rows.astype(jnp.int32))
@@ -318,9 +349,13 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
 
     state_for_full = dataclasses.replace(state, cache=cache, pending_logp=pending)
 
+    def full_at(width):
+        return lambda buffers: _full_pass(k_verify, buffers, f, n_cheap, escalated, full_rows, draft_logp, settled,
+                                          state_for_full, params, config, width)
+
     def full(buffers):
-        return _full_pass(k_verify, buffers, f, n_cheap, escalated, full_rows, draft_logp, settled, state_for_full,
-                          params, config)
+        return _narrowest(config.full_widths, jnp.max(jnp.where(full_rows, n_cheap - f + escalated, 0)), full_at,
+                          buffers)
 
     def skip(buffers):
         return buffers, with_lengths(cache, f), n_cheap, zero, zero

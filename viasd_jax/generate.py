@@ -130,6 +130,24 @@ def plan_lengths(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int |
     return min(width, max_len), max_len
 
 
+def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
+    """Narrower full-pass widths: as given, or by default 1 for prompt lookup (rounds
+    where nothing matched) and, in via mode, gamma + 2 (rounds with nothing pending)."""
+    if isinstance(widths, str):  # "1,6", "1+6" (a bench override) or "none"
+        widths = [] if widths.strip().lower() in ("", "none") else widths.replace("+", ",").split(",")
+    if widths is not None:
+        try:
+            return tuple(sorted({int(w) for w in ([widths] if isinstance(widths, int) else widths)}))
+        except (TypeError, ValueError):
+            raise ValueError(f"verify_widths must be a list of integers, got {widths!r}") from None
+    auto = set()
+    if config.drafter is not None and config.drafter.kind == "lookup":
+        auto.add(1)
+    if config.mode == "via":
+        auto.add(config.gamma + 2)
+    return tuple(sorted(w for w in auto if w < config.full_width))
+
+
 def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0):
     """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
     if int(mix_lookup) != mix_lookup or mix_lookup < 0:
@@ -204,6 +222,7 @@ def prepare(
     ngram: int = 3,
     mix_lookup: int = 0,
     draft_stop: float = 0.0,
+    verify_widths: Sequence[int] | None = None,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -231,6 +250,7 @@ def prepare(
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
                             int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
                             bool(lossless), mesh)
+    config = dataclasses.replace(config, verify_widths=_verify_widths(verify_widths, config))
     sp = SamplingParams.make(temperature, top_k, top_p)
     tau_a, tau_s = _threshold("tau_accept", tau_accept), _threshold("tau_slim", tau_slim)
     stop_below = _threshold("draft_stop", draft_stop)
@@ -300,6 +320,9 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     with a model drafter, take prompt-lookup drafts whenever they offer at least this
     many tokens (0 = off). draft_stop: a model drafter stops drafting once its top
     probability falls below this (adaptive draft length; 0 = always gamma).
+    verify_widths: narrower windows the full (and slim) passes are also compiled
+    for; each round runs the narrowest that holds its tokens (default: 1 for
+    prompt lookup, gamma + 2 in via mode; () = always the full window).
     route: the slim verifier's route (layer indices, a `Route` or a route.json path;
     default: the checkpoint's calibrated route, else a hand-picked 40% block skip).
     tau_accept / tau_slim: tier thresholds in [0, 1]. lossless: re-check pending

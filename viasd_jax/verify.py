@@ -142,8 +142,12 @@ def verify_chain(
     target_logp: jax.Array,  # [B, W+1, V]: full model's distribution for chain[j] at j; index len = bonus
     chain_logp: jax.Array | None,  # [B, W, V] distribution each chain token was drawn from (sampling)
     greedy: jax.Array,
+    draw_width: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Lossless verification: (accepted prefix length `[B]`, next token `[B]`).
+
+    `draw_width` (>= W): draw the acceptance uniforms at this width and use the first W,
+    so that verifying a chain in a narrower window draws the same numbers.
 
     Greedy accepts while the token is the target's argmax. Sampling accepts token y
     with probability min(1, q(y)/r(y)) and replaces the first rejected one with a
@@ -158,7 +162,7 @@ def verify_chain(
         accept = chain == q_top
         chain_logp = q  # unused by greedy; keeps shapes valid
     else:
-        u = uniform(k_acc, (w,))
+        u = uniform(k_acc, (draw_width or w,))[:, :w]
         sampled_ok = u * token_prob(chain_logp, chain) < token_prob(q, chain)
         accept = jnp.where(greedy, chain == q_top, sampled_ok)
     accept = accept & (jnp.arange(w)[None, :] < chain_len[:, None])

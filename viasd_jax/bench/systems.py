@@ -26,8 +26,8 @@ OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self",
 PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
 NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
-ENGINE_OPTIONS = ("gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
-                  "ngram", "mix_lookup", "draft_stop")
+ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
+                  "ngram", "mix_lookup", "draft_stop", "verify_widths")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 MODEL_OPTIONS = ("layout", "drafter_layout", "quantize")
 
@@ -120,8 +120,13 @@ def parse_system(name: str) -> tuple[str, dict]:
 
 
 def _our_options(base: str, drafter, o: dict) -> dict:
+    if "drafter" in o:  # e.g. viasd-sd@drafter=lookup: the same mode with another drafter kind
+        if o["drafter"] not in ("lookup", "self") or base not in ("viasd-sd", "viasd-via", "viasd-via-lossless"):
+            raise ValueError(f"{base}: the drafter override takes 'lookup' or 'self' and applies to "
+                             f"viasd-sd / viasd-via / viasd-via-lossless, got {o['drafter']!r}")
+        drafter = o["drafter"]
     sampling = {k: o[k] for k in SAMPLING_OPTIONS if k in o}
-    engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound") if k in o}
+    engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound", "verify_widths") if k in o}
     model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "ngram") if k in o}
     per_system = {
         "viasd-ar": dict(mode="ar"),
@@ -133,6 +138,8 @@ def _our_options(base: str, drafter, o: dict) -> dict:
                              ngram=o.get("ngram", 3)),
     }
     opts = {**per_system[base], **sampling}
+    if drafter == "self" and base != "viasd-self":
+        opts["self_route"] = o.get("self_route")
     if base == "viasd-sd":
         opts = {k: v for k, v in opts.items() if k not in ("route", "tau_accept", "tau_slim", "pending_bound")}
     return opts
