@@ -202,3 +202,27 @@ def test_verify_widths_errors(target):
     for bad in ([0], [6], "a,b"):
         with pytest.raises(ValueError, match="verify_widths must be"):
             viasd_jax.generate(target, [[5, 6]], drafter="lookup", mode="sd", gamma=5, verify_widths=bad)
+
+
+def test_prompt_lookup_matches_and_min_ngram():
+    import jax.numpy as jnp
+
+    from viasd_jax.drafters import propose_lookup
+
+    #          0  1  2  3  4  5  6  7  8  9
+    tokens = [[4, 5, 6, 7, 9, 5, 8, 1, 2, 5],   # "5" recurs alone: only a 1-gram match
+              [4, 5, 6, 7, 9, 4, 5, 1, 4, 5]]   # "4 5" recurs: a 2-gram match (latest at 5)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    n = jnp.asarray([10, 10])
+    drafts, _, count = propose_lookup(tokens, n, 3, 3, 16)
+    assert count.tolist() == [3, 3]
+    assert drafts[0].tolist() == [8, 1, 2] and drafts[1].tolist() == [1, 4, 5]
+    drafts, _, count = propose_lookup(tokens, n, 3, 3, 16, min_ngram=2)
+    assert count.tolist() == [0, 3] and drafts[1].tolist() == [1, 4, 5]
+
+
+def test_min_ngram_lookup_is_lossless_and_checked(target):
+    kw = dict(mode="sd", drafter="lookup", gamma=4, max_new_tokens=20)
+    assert viasd_jax.generate(target, PROMPTS, min_ngram=2, **kw).tokens == _ar(target, n=20)
+    with pytest.raises(ValueError, match="min_ngram must be in"):
+        viasd_jax.generate(target, PROMPTS, min_ngram=4, **kw)

@@ -197,7 +197,7 @@ def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, 
     spec, g = config.drafter, config.gamma
     vocab = config.target.vocab_size
     if spec.kind == "lookup" or spec.mix_lookup:
-        l_drafts, l_logp, l_count = DR.propose_lookup(state.tokens, state.n, g, spec.ngram, vocab)
+        l_drafts, l_logp, l_count = DR.propose_lookup(state.tokens, state.n, g, spec.ngram, vocab, spec.min_ngram)
         if spec.kind == "lookup":
             return l_drafts, l_logp, jnp.where(live, l_count, 0), None
     d_params, _ = _drafter_model(params, config)

@@ -34,6 +34,7 @@ class DrafterSpec:
     cfg: ModelConfig | None = None  # the drafter's architecture (the target's for "self")
     ngram: int = 3  # longest n-gram prompt lookup matches
     mix_lookup: int = 0  # model drafters: use prompt-lookup drafts when they offer >= this many (0: never)
+    min_ngram: int = 1  # shortest n-gram prompt lookup matches (longer ones draft fewer junk tokens)
 
     @property
     def has_cache(self) -> bool:
@@ -101,17 +102,17 @@ def propose_model(spec: DrafterSpec, gamma: int, params: Params, route, sp: Samp
     return drafts, draft_logp, count, cache
 
 
-def propose_lookup(tokens, n, gamma: int, ngram: int, vocab: int):
+def propose_lookup(tokens, n, gamma: int, ngram: int, vocab: int, min_ngram: int = 1):
     """Prompt lookup: (drafts `[B, G]`, one-hot log-dists `[B, G, V]`, count `[B]`).
 
-    Matches the longest suffix n-gram (ngram..1) at its latest earlier occurrence and
+    Matches the longest suffix n-gram (ngram..min_ngram) at its latest earlier occurrence and
     proposes the tokens that followed it (at most gamma, never past the context).
     """
     b, s = tokens.shape
     best_start = jnp.zeros((b,), jnp.int32)
     found = jnp.zeros((b,), bool)
     starts = jnp.arange(s)[None, :]
-    for size in range(1, ngram + 1):  # longer n-grams override shorter ones
+    for size in range(min_ngram, ngram + 1):  # longer n-grams override shorter ones
         pattern = gather_window(tokens, n - size, size)  # [B, size]
         match = jnp.ones((b, s), bool)
         for t in range(size):

@@ -148,7 +148,7 @@ def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
     return tuple(sorted(w for w in auto if w < config.full_width))
 
 
-def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0):
+def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_ngram: int = 1):
     """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
     if int(mix_lookup) != mix_lookup or mix_lookup < 0:
         raise ValueError(f"mix_lookup must be a non-negative integer (0 = off), got {mix_lookup}")
@@ -156,17 +156,19 @@ def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0):
         raise ValueError("mix_lookup mixes prompt lookup into a model drafter; with drafter='lookup' leave it 0")
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
+    if not 1 <= min_ngram <= ngram:
+        raise ValueError(f"min_ngram must be in [1, ngram={ngram}], got {min_ngram}")
     if isinstance(drafter, Model):
         t, d = target.config.vocab_size, drafter.config.vocab_size
         if t != d:
             raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
         if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
             raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
-        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup)), drafter
+        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram)), drafter
     if drafter == "self":
-        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup)), None
+        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram)), None
     if drafter == "lookup":
-        return DR.DrafterSpec("lookup", None, ngram=ngram), None
+        return DR.DrafterSpec("lookup", None, ngram=ngram, min_ngram=int(min_ngram)), None
     raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
                      "(load a path with viasd_jax.load first)")
 
@@ -220,6 +222,7 @@ def prepare(
     lossless: bool = False,
     pending_bound: int | None = None,
     ngram: int = 3,
+    min_ngram: int = 1,
     mix_lookup: int = 0,
     draft_stop: float = 0.0,
     verify_widths: Sequence[int] | None = None,
@@ -246,7 +249,7 @@ def prepare(
             raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
-        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup)
+        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram)
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
                             int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
                             bool(lossless), mesh)
@@ -316,7 +319,7 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     mode: "ar" plain decoding; "sd" speculative decoding (every draft verified by the
     full model); "via" the three tiers. Default: "via" with a drafter, "ar" without.
     drafter: a `Model` with the target's vocabulary, "self" (the target over
-    `self_route`) or "lookup" (prompt lookup of up to `ngram`-grams). mix_lookup:
+    `self_route`) or "lookup" (prompt lookup of `min_ngram`- to `ngram`-grams). mix_lookup:
     with a model drafter, take prompt-lookup drafts whenever they offer at least this
     many tokens (0 = off). draft_stop: a model drafter stops drafting once its top
     probability falls below this (adaptive draft length; 0 = always gamma).

@@ -27,7 +27,7 @@ PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
 NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
-                  "ngram", "mix_lookup", "draft_stop", "verify_widths")
+                  "ngram", "min_ngram", "mix_lookup", "draft_stop", "verify_widths")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 MODEL_OPTIONS = ("layout", "drafter_layout", "quantize")
 
@@ -127,7 +127,7 @@ def _our_options(base: str, drafter, o: dict) -> dict:
         drafter = o["drafter"]
     sampling = {k: o[k] for k in SAMPLING_OPTIONS if k in o}
     engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound", "verify_widths") if k in o}
-    model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "ngram") if k in o}
+    model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "ngram", "min_ngram") if k in o}
     per_system = {
         "viasd-ar": dict(mode="ar"),
         "viasd-sd": dict(mode="sd", drafter=drafter, **engine, **model_draft),
@@ -135,7 +135,7 @@ def _our_options(base: str, drafter, o: dict) -> dict:
         "viasd-via-lossless": dict(mode="via", drafter=drafter, lossless=True, **engine, **model_draft),
         "viasd-self": dict(mode="via", drafter="self", self_route=o.get("self_route"), **engine, **model_draft),
         "viasd-lookup": dict(mode="via", drafter="lookup", **{**engine, "gamma": o.get("lookup_gamma", 8)},
-                             ngram=o.get("ngram", 3)),
+                             ngram=o.get("ngram", 3), min_ngram=o.get("min_ngram", 1)),
     }
     opts = {**per_system[base], **sampling}
     if drafter == "self" and base != "viasd-self":
