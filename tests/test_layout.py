@@ -45,7 +45,7 @@ def test_output_major_int8_equals_input_major_int8(tiny):
     assert isinstance(oq.params.layers.wo, LY.OutputMajor) and isinstance(oq.params.layers.wo.w, Int8Weight)
     toks = np.random.RandomState(1).randint(3, 96, size=(1, 7))
     np.testing.assert_allclose(viasd_jax.score(oq, toks), viasd_jax.score(qm, toks), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="quantize before"):
+    with pytest.raises(ValueError, match="already quantized"):
         quantize(oq)
 
 
@@ -53,7 +53,7 @@ def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
     m = viasd_jax.load(hf_dirs["qwen2"], layout="output-major")
     assert LY.is_output_major(m.params)
     back = LY.to_input_major(m.params, m.config)
-    ref = viasd_jax.load(hf_dirs["qwen2"])
+    ref = viasd_jax.load(hf_dirs["qwen2"], layout="input-major")
     np.testing.assert_array_equal(np.asarray(back.layers.wq), np.asarray(ref.params.layers.wq))
     out = cc.save(str(tmp_path / "ckpt"), m.config, m.params, {})  # saved input-major
     restored = viasd_jax.load(out, layout="output-major")
@@ -97,3 +97,18 @@ def test_kernel_layout_errors(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(cpu_matvec.KernelUnavailable, match="no-such-compiler"):
         cpu_matvec.build()
+
+
+def test_auto_layout_picks_the_kernel_on_cpu_and_falls_back(hf_dirs, monkeypatch):
+    from viasd_jax import cpu_matvec
+
+    assert LY.layout_of(viasd_jax.load(hf_dirs["qwen2"]).params) == "cpu-kernel"  # the default is "auto"
+    assert LY.resolve("auto", quantize="int8") == "input-major"
+    assert LY.resolve("auto", mesh=object()) == "input-major"
+
+    def unavailable():
+        raise cpu_matvec.KernelUnavailable("no compiler in this test")
+
+    monkeypatch.setattr(cpu_matvec, "ensure", unavailable)
+    with pytest.warns(UserWarning, match="no compiler in this test"):
+        assert LY.resolve("auto") == "input-major"

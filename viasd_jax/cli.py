@@ -51,10 +51,11 @@ def parse_route(text: str | None):
 
 
 LAYOUT_HELP = ("weight matrices' memory layout; cpu-kernel: output-major through the compiled CPU "
-               "matrix-vector kernel (fastest on CPU); output-major: XLA's dot over that layout")
+               "matrix-vector kernel (fastest on CPU); output-major: XLA's dot over that layout; "
+               "auto (default): cpu-kernel on one CPU with float weights, else input-major")
 
 
-def load_drafter(spec: str | None, dtype=None, quantize=None, layout="input-major"):
+def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto"):
     import viasd_jax
 
     if spec in (None, "self", "lookup"):
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
-    g.add_argument("--layout", choices=LAYOUTS, default="input-major", help=LAYOUT_HELP)
+    g.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("calibrate", help="find the slim verifier's route (intra-model routing)")
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
-    b.add_argument("--layout", choices=LAYOUTS, default="input-major", help=LAYOUT_HELP)
+    b.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     b.add_argument("--checkpoint", help="file saved after every prompt; rerun with it to resume an interrupted bench")
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=0)

@@ -21,12 +21,14 @@ streams it in place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 
-LAYOUTS = ("input-major", "output-major", "cpu-kernel")
+LAYOUTS = ("auto", "input-major", "output-major", "cpu-kernel")
 
 
 def matrices() -> dict[str, tuple[str, str]]:
@@ -76,6 +78,29 @@ def check(layout: str) -> str:
     return layout
 
 
+def resolve(layout: str, *, quantize: str | None = None, mesh=None) -> str:
+    """The concrete layout for `layout`; "auto" is "cpu-kernel" for float weights on one
+    CPU when the kernel builds here, else "input-major" (XLA's own dot: GPU, TPU,
+    meshes, int8, or no C++ compiler, which is warned about once)."""
+    if check(layout) != "auto":
+        return layout
+    if jax.default_backend() != "cpu" or mesh is not None or quantize is not None:
+        return "input-major"
+    from viasd_jax import cpu_matvec
+
+    try:
+        cpu_matvec.ensure()
+    except cpu_matvec.KernelUnavailable as e:
+        _warn_once(f"viasd-jax: the CPU kernel is unavailable ({e}); using XLA's dot, about 2x slower decoding")
+        return "input-major"
+    return "cpu-kernel"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 def to_output_major(params, cfg, kernel: bool = False):
     """`params` with every matrix leaf wrapped as `OutputMajor` (idempotent), computed by
     the compiled CPU kernel if `kernel`."""
@@ -104,8 +129,9 @@ def to_input_major(params, cfg):
 
 
 def apply(params, cfg, layout: str):
-    """`params` in `layout` (one of `LAYOUTS`)."""
-    if check(layout) == "input-major":
+    """`params` in `layout` (one of `LAYOUTS`; "auto" as `resolve` picks it)."""
+    layout = resolve(layout)
+    if layout == "input-major":
         return to_input_major(params, cfg)
     if layout == "cpu-kernel":
         from viasd_jax import cpu_matvec

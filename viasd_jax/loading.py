@@ -74,7 +74,7 @@ def _to_device(params: Params, dtype) -> Params:
 
 
 def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | None = None,
-         layout: str = "input-major") -> Model:
+         layout: str = "auto") -> Model:
     """Load a model from a viasd-jax checkpoint, a Hugging Face directory or a .gguf file.
 
     `path` may also name a default model (see `viasd_jax.fetch.MODELS`), fetched
@@ -85,14 +85,16 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     int8 with per-output-channel scales (weight-only; activations stay float).
     `layout="output-major"` stores matrices with their contracted axes last;
     `layout="cpu-kernel"` multiplies those with the compiled CPU kernel (2-4.6x faster
-    decoding forwards on CPU, compiled on first use; see `viasd_jax.layout`).
+    decoding forwards on CPU, compiled on first use; see `viasd_jax.layout`). The
+    default "auto" is "cpu-kernel" on one CPU (float weights, a C++ compiler present)
+    and "input-major" otherwise (GPU, TPU, a mesh, int8).
     """
     import checkpoints_convert as cc
     from checkpoints_convert.hf import resolve_dtype
     from viasd_jax import fetch
     from viasd_jax import layout as LY
 
-    if LY.check(layout) != "input-major" and mesh is not None:
+    if LY.check(layout) not in ("auto", "input-major") and mesh is not None:
         raise ValueError(f"layout={layout!r} is for one CPU; sharded models use the default layout")
 
     if not os.path.exists(path) and path in fetch.MODELS:
@@ -133,6 +135,7 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
         from viasd_jax.quant import quantize_params
 
         params = quantize_params(params, cfg, quantize)
+    layout = LY.resolve(layout, quantize=quantize, mesh=mesh)
     if layout != "input-major":
         params = LY.apply(params, cfg, layout)
     if mesh is not None:

@@ -65,16 +65,21 @@ def dense(x: jax.Array, w, subscripts: str) -> jax.Array:
 
 
 def quantize_params(params, cfg, mode: str = "int8"):
-    """Every matrix leaf of `params` as an `Int8Weight` (vectors stay as they are)."""
+    """Every matrix leaf of `params` as an `Int8Weight` (vectors stay as they are); params
+    in another layout (e.g. `load`'s default cpu-kernel on CPU) are quantized input-major."""
+    from viasd_jax.layout import to_input_major
     from viasd_jax.params import LAYER_LEAVES, TOP_LEAVES, leaves_of, params_from_leaves
 
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
     dims = {name: spec.dims for name, spec in {**LAYER_LEAVES, **TOP_LEAVES}.items()}
+    wrapped = [w.w for w in leaves_of(params).values() if isinstance(w, OutputMajor)]
+    if any(isinstance(w, Int8Weight) for w in wrapped):
+        raise ValueError("these params are already quantized")
+    if wrapped:
+        params = to_input_major(params, cfg)
     out = {}
     for name, w in leaves_of(params).items():
-        if isinstance(w, OutputMajor):
-            raise ValueError("quantize before changing the layout (load(..., quantize=, layout=) does)")
         if name in CONTRACTED and not isinstance(w, Int8Weight):
             w = _quantize_jit(w, dims[name], CONTRACTED[name])
         out[name] = w

@@ -21,6 +21,7 @@ from viasd_jax import prompts as P
 from viasd_jax.bench import costs, quality
 from viasd_jax.route import route_mask
 from viasd_jax.bench.systems import make_systems
+from viasd_jax.layout import resolve as resolve_layout
 
 SPEC_COUNTERS = ("drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes", "rounds",
                  "rollbacks")
@@ -103,7 +104,7 @@ def matches(tokens: list[int], reference: list[int]) -> int:
 def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
               max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
               options: dict | None = None, with_quality: bool = True, progress: bool = True,
-              quantize: str | None = None, layout: str = "input-major", checkpoint: str | None = None) -> dict:
+              quantize: str | None = None, layout: str = "auto", checkpoint: str | None = None) -> dict:
     """Run every system on every prompt (order rotated per prompt) and return the report.
 
     `checkpoint`: a file rewritten after every prompt with the runs so far; when it
@@ -111,6 +112,7 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
     A prompt's systems always run together, in one process, so ratios stay fair.
     """
     rows = read_prompts(prompts_path, limit)
+    layout = resolve_layout(layout, quantize=quantize)  # the report names the layout that ran
     systems = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the target's greedy text is the reference
     settings = {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
                 "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "layout": layout,

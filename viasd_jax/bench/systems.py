@@ -165,7 +165,8 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         if not hasattr(model, "params"):
             return model
         base_layout = layout_of(model.params)
-        layout, quant = layout or base_layout, quant or quantize
+        quant = quant or quantize
+        layout = layout or ("auto" if quant != quantize else base_layout)  # int8 has no kernel layout
         if (layout, quant) == (base_layout, quantize):
             return model
         if (path, layout, quant) not in copies:
