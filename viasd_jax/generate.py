@@ -130,15 +130,6 @@ def plan_lengths(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int |
     return min(width, max_len), max_len
 
 
-def _input_major(model: Model) -> Model:
-    """`model` in the layout meshes shard (a CPU-kernel model from `load`'s "auto" is not)."""
-    from viasd_jax import layout as LY
-
-    if LY.layout_of(model.params) == "input-major":
-        return model
-    return dataclasses.replace(model, params=LY.to_input_major(model.params, model.config))
-
-
 def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
     """Narrower full-pass widths: as given, or by default 1 for prompt lookup (rounds
     where nothing matched) and, in via mode, gamma + 2 (rounds with nothing pending)."""
@@ -277,8 +268,8 @@ def prepare(
     if mesh is not None:
         from viasd_jax import sharding as SH
 
-        target = SH.shard_model(_input_major(target), mesh)
-        drafter_model = drafter_model and SH.shard_model(_input_major(drafter_model), mesh)
+        target = SH.shard_model(target, mesh)
+        drafter_model = drafter_model and SH.shard_model(drafter_model, mesh)
         ids = ids + [ids[0]] * (-len(ids) % mesh.shape[SH.DATA])  # whole rows per data shard
     slack = config.full_width + config.gamma + 2
     width, cache_len = plan_lengths([len(r) for r in ids], max_new_tokens, max_len, slack=slack)

@@ -143,5 +143,11 @@ def to_host(tree):
 
 
 def shard_model(model, mesh: Mesh):
-    """The `Model` with its params laid out on `mesh` (a no-op for params already there)."""
-    return dataclasses.replace(model, params=shard_params(model.params, mesh, model.config))
+    """The `Model` with its params laid out on `mesh` (a no-op for params already there).
+    Meshes shard the input-major layout: a CPU-kernel model (`load`'s "auto") is converted."""
+    from viasd_jax import layout as LY
+
+    params = model.params
+    if LY.layout_of(params) != "input-major":
+        params = LY.to_input_major(params, model.config)
+    return dataclasses.replace(model, params=shard_params(params, mesh, model.config))
