@@ -58,12 +58,14 @@ def test_bench_end_to_end_schema(pair, tmp_path):
     assert len(report["runs"]) == 5 * len(SYSTEMS)
     for run in report["runs"]:
         assert {"system", "task", "prompt_id", "new_tokens", "seconds", "agreement", "quality"} <= set(run)
+        assert 0 < run["prefill_seconds"] < run["seconds"], run["system"]
         if run["system"] in ("viasd-sd", "viasd-via", "viasd-lookup"):
             assert {"drafted", "rejected", "tier_a", "tier_b", "tier_c", "slim_passes", "full_passes"} <= set(run)
     s = report["summary"]
     assert set(s) == set(SYSTEMS)
     for name, row in s.items():
         assert {"tok_s", "speedup_vs_ar", "rejection_rate", "agreement", "quality"} <= set(row)
+        assert row["decode_tok_s"] > row["tok_s"] and row["prefill_s"] > 0
     assert s["viasd-ar"]["agreement"] == 1.0 and s["viasd-ar"]["speedup_vs_ar"] == 1.0
     assert s["viasd-sd"]["agreement"] == 1.0 and s["viasd-via-lossless"]["agreement"] == 1.0
     assert s["hf-ar"]["agreement"] == 1.0  # the same weights in float32: the same greedy tokens

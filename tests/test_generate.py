@@ -15,8 +15,21 @@ def test_no_recompile_within_bucket(qwen):
     viasd_jax.generate(qwen, [[5, 6, 7]], max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=5, seed=3)
     viasd_jax.generate(qwen, [[5, 6, 7]], max_new_tokens=8, temperature=1.3, seed=4, stop=[[9, 9]])
     assert compile_count() == before
-    viasd_jax.generate(qwen, [list(range(3, 40))], max_new_tokens=8)  # a longer bucket compiles once more
-    assert compile_count() == before + 1
+    r = viasd_jax.generate(qwen, [list(range(3, 40))], max_new_tokens=8)  # a longer bucket compiles once more:
+    assert compile_count() == before + 1  # a wider prefill chunk; the same cache, so the same rounds program
+    assert 0 < r.prefill_seconds < r.seconds - r.compile_seconds
+    assert r.decode_tokens_per_second > r.tokens_per_second > 0
+
+
+def test_prefill_program_is_shared_across_round_settings(qwen):
+    from viasd_jax import decode as D
+    from viasd_jax.drafters import DrafterSpec
+
+    spec = DrafterSpec(kind="lookup")
+    sd = D.EngineConfig(qwen.config, mode="sd", drafter=spec, gamma=4)
+    via = D.EngineConfig(qwen.config, mode="via", drafter=spec, gamma=6, pending_bound=3, lossless=True,
+                         verify_widths=(1,))
+    assert D.prefill_config(sd) == D.prefill_config(via) != D.prefill_config(D.EngineConfig(qwen.config))
 
 
 def test_sampling_is_seeded(qwen):

@@ -416,8 +416,32 @@ def _finishing(tokens, f, n_after, state: DecodeState, params: EngineParams, con
     return (n_after >= state.max_n) | hit
 
 
+def _rounds(state: DecodeState, params: EngineParams, config: EngineConfig) -> DecodeState:
+    return jax.lax.while_loop(lambda s: ~jnp.all(s.done), lambda s: decode_step(s, params, config), state)
+
+
 @partial(jax.jit, static_argnames=("config", "prefill_width"), donate_argnames=("state",))
 def generate_loop(params: EngineParams, state: DecodeState, *, config: EngineConfig, prefill_width: int):
-    """Prefill, then rounds in one `lax.while_loop` until every row is done."""
-    state = _laid_out(prefill(state, params, config, prefill_width), config)
-    return jax.lax.while_loop(lambda s: ~jnp.all(s.done), lambda s: decode_step(s, params, config), state)
+    """Prefill, then rounds in one `lax.while_loop` until every row is done (one program)."""
+    return _rounds(_laid_out(prefill(state, params, config, prefill_width), config), params, config)
+
+
+def prefill_config(config: EngineConfig) -> EngineConfig:
+    """The part of `config` that prefill depends on (target, drafter, mesh), so that
+    configurations differing only in their rounds share one prefill program."""
+    drafted = config.drafter is not None
+    return dataclasses.replace(config, mode="sd" if drafted else "ar", gamma=int(drafted), pending_bound=0,
+                               lossless=False, verify_widths=())
+
+
+@partial(jax.jit, static_argnames=("config", "width"), donate_argnames=("state",))
+def prefill_program(params: EngineParams, state: DecodeState, *, config: EngineConfig, width: int):
+    """`prefill` as a program of its own, so that the prompt's time can be told apart
+    from the rounds' (`generate` runs this, then `rounds_loop`)."""
+    return _laid_out(prefill(state, params, config, width), config)
+
+
+@partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def rounds_loop(params: EngineParams, state: DecodeState, *, config: EngineConfig):
+    """Rounds in one `lax.while_loop` until every row is done (after `prefill_program`)."""
+    return _rounds(state, params, config)

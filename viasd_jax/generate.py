@@ -81,10 +81,18 @@ class GenerateResult:
     compile_seconds: float
     prompt_tokens: list[list[int]]
     origins: list[list[str]]  # per generated token, who settled it (see decode.ORIGINS)
+    prefill_seconds: float = 0.0  # the prompts (all but their last token), compilation excluded
 
     @property
     def tokens_per_second(self) -> float:
+        """New tokens over the whole wall time, prefill included, compilation not."""
         run = self.seconds - self.compile_seconds
+        return self.stats["new_tokens"] / run if run > 0 else float("nan")
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """New tokens over the rounds' time alone (prefill and compilation excluded)."""
+        run = self.seconds - self.compile_seconds - self.prefill_seconds
         return self.stats["new_tokens"] / run if run > 0 else float("nan")
 
 
@@ -297,7 +305,8 @@ def prepare(
     return Prepared(config, params, state, min(width, PREFILL_CHUNK), ids[:num_prompts], target.tokenizer)
 
 
-def collect(prepared: Prepared, out: D.DecodeState, seconds: float = 0.0, compile_s: float = 0.0) -> GenerateResult:
+def collect(prepared: Prepared, out: D.DecodeState, seconds: float = 0.0, compile_s: float = 0.0,
+            prefill_s: float = 0.0) -> GenerateResult:
     """Read a final state into a `GenerateResult`."""
     from viasd_jax.sharding import to_host
 
@@ -310,7 +319,7 @@ def collect(prepared: Prepared, out: D.DecodeState, seconds: float = 0.0, compil
     tok = prepared.tokenizer
     texts = None if tok is None else [tok.decode(g, skip_special_tokens=True) for g in gen]
     stats, rows = summarize({name: v[:k] for name, v in host["counters"].items()})
-    return GenerateResult(gen, texts, stats, rows, seconds, compile_s, prepared.prompt_tokens, origins)
+    return GenerateResult(gen, texts, stats, rows, seconds, compile_s, prepared.prompt_tokens, origins, prefill_s)
 
 
 def generate(target: Model, prompts, **options) -> GenerateResult:
@@ -339,10 +348,14 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     """
     prepared = prepare(target, prompts, **options)
     t0 = time.perf_counter()
-    out, compile_s = run_compiled(D.generate_loop, {"config": prepared.config, "prefill_width": prepared.prefill_width},
-                                  prepared.params, prepared.state)
+    state, prefill_compile_s = run_compiled(
+        D.prefill_program, {"config": D.prefill_config(prepared.config), "width": prepared.prefill_width},
+        prepared.params, prepared.state)
+    state = jax.block_until_ready(state)
+    prefill_s = time.perf_counter() - t0 - prefill_compile_s
+    out, compile_s = run_compiled(D.rounds_loop, {"config": prepared.config}, prepared.params, state)
     out = jax.block_until_ready(out)
-    return collect(prepared, out, time.perf_counter() - t0, compile_s)
+    return collect(prepared, out, time.perf_counter() - t0, prefill_compile_s + compile_s, prefill_s)
 
 
 generate.__signature__ = inspect.signature(prepare).replace(return_annotation=GenerateResult)

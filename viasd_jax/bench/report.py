@@ -16,14 +16,15 @@ def markdown_summary(report: dict) -> str:
         f"{report['machine']['cpu']} ({report['machine']['cores']} cores), {cfg['date']}",
         "",
         *([_bounds(report["costs"]), ""] if report.get("costs") else []),
-        "| system | tok/s | speedup vs viasd-ar | rejection rate | agreement | tier A / B / C / rejected | "
-        "tokens per round | compile s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| system | tok/s | speedup vs viasd-ar | decode tok/s | decode speedup | prefill s | rejection rate "
+        "| agreement | tier A / B / C / rejected | tokens per round | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, s in summary.items():
         tiers = s.get("tiers")
         mix = " / ".join(f"{tiers[k]:.2f}" for k in ("tier_a", "tier_b", "tier_c", "rejected")) if tiers else "-"
-        lines.append(f"| {name} | {s['tok_s']:.2f} | {_fmt(s.get('speedup_vs_ar'))} | {_fmt(s['rejection_rate'])} "
+        lines.append(f"| {name} | {s['tok_s']:.2f} | {_fmt(s.get('speedup_vs_ar'))} | {_fmt(s.get('decode_tok_s'))} "
+                     f"| {_fmt(s.get('decode_speedup_vs_ar'))} | {_fmt(s.get('prefill_s'))} | {_fmt(s['rejection_rate'])} "
                      f"| {_fmt(s['agreement'], '.3f')} | {mix} | {_fmt(s.get('tokens_per_round'))} "
                      f"| {report['compile_seconds'].get(name, 0):.1f} |")
     quality_rows = quality_table(summary)

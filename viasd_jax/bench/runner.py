@@ -145,7 +145,8 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
             out = s.run(prompt_ids, max_new_tokens)
             compile_s[s.name] += out.compile_seconds
             runs.append({"system": s.name, "task": row["task"], "prompt_id": row["id"],
-                         "new_tokens": len(out.tokens), "seconds": out.seconds, "tokens": out.tokens,
+                         "new_tokens": len(out.tokens), "seconds": out.seconds,
+                         "prefill_seconds": out.prefill_seconds, "tokens": out.tokens,
                          **{k: out.stats[k] for k in SPEC_COUNTERS if k in out.stats}})
             bar.update()
         if checkpoint:
@@ -209,7 +210,11 @@ def summarize(runs: list[dict], systems: list[str]) -> dict:
         mine = [r for r in runs if r["system"] == name]
         tokens, seconds = sum(r["new_tokens"] for r in mine), sum(r["seconds"] for r in mine)
         total = {k: sum(r.get(k, 0) for r in mine) for k in SPEC_COUNTERS}
+        timed = mine and all("prefill_seconds" in r for r in mine)  # reports before 2026-11-24 lack it
+        prefill = sum(r["prefill_seconds"] for r in mine) if timed else None
         s = {"tok_s": tokens / seconds if seconds else 0.0, "new_tokens": tokens, "seconds": seconds,
+             "decode_tok_s": tokens / (seconds - prefill) if timed and seconds > prefill else None,
+             "prefill_s": prefill / len(mine) if timed else None,
              "rejection_rate": total["rejected"] / total["drafted"] if total["drafted"] else None,
              "agreement": sum(r["matches"] for r in mine) / tokens if tokens else None,
              "quality": _quality_means(mine)}
@@ -223,6 +228,8 @@ def summarize(runs: list[dict], systems: list[str]) -> dict:
     ref = out.get(REFERENCE_SYSTEM)
     for s in out.values():
         s["speedup_vs_ar"] = s["tok_s"] / ref["tok_s"] if ref and ref["tok_s"] else None
+        s["decode_speedup_vs_ar"] = (s["decode_tok_s"] / ref["decode_tok_s"]
+                                     if ref and ref["decode_tok_s"] and s["decode_tok_s"] else None)
         for task, t in s["per_task"].items():
             base = ref["per_task"].get(task, {}).get("tok_s") if ref else None
             t["speedup_vs_ar"] = t["tok_s"] / base if base else None

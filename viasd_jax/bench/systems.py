@@ -38,6 +38,7 @@ class RunOutput:
     seconds: float  # generation wall time, compilation excluded
     compile_seconds: float
     stats: dict[str, int]
+    prefill_seconds: float  # ours: the prompt but its last token; HF: until the first new token
 
 
 @dataclasses.dataclass
@@ -49,7 +50,24 @@ class ViasdSystem:
     def run(self, prompt_ids: list[int], max_new_tokens: int) -> RunOutput:
         r = viasd_jax.generate(self.target, [prompt_ids], max_new_tokens=max_new_tokens, chat_template=False,
                                **self.options)
-        return RunOutput(r.tokens[0], r.seconds - r.compile_seconds, r.compile_seconds, r.row_stats[0])
+        return RunOutput(r.tokens[0], r.seconds - r.compile_seconds, r.compile_seconds, r.row_stats[0],
+                         r.prefill_seconds)
+
+
+class _FirstTokenClock:
+    """A transformers streamer that notes when the first new token arrives (its
+    first `put` is the prompt)."""
+
+    def __init__(self):
+        self.puts, self.first = 0, None
+
+    def put(self, value):
+        self.puts += 1
+        if self.puts == 2:
+            self.first = time.perf_counter()
+
+    def end(self):
+        pass
 
 
 @dataclasses.dataclass
@@ -70,11 +88,13 @@ class HFSystem:
             kw["assistant_model"] = self.assistant
         if self.lookup:
             kw["prompt_lookup_num_tokens"] = self.lookup
+        clock = _FirstTokenClock()
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.model.generate(torch.tensor([prompt_ids]), **kw)
+            out = self.model.generate(torch.tensor([prompt_ids]), streamer=clock, **kw)
             seconds = time.perf_counter() - t0
-        return RunOutput(out[0, len(prompt_ids):].tolist(), seconds, 0.0, {})
+        first = (clock.first or t0 + seconds) - t0
+        return RunOutput(out[0, len(prompt_ids):].tolist(), seconds, 0.0, {}, first)
 
 
 def hf_dir_for(path: str) -> str:
