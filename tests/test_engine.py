@@ -200,9 +200,14 @@ def test_narrowest_width_is_chosen():
 
 
 def test_verify_widths_errors(target):
-    for bad in ([0], [6], "a,b"):
+    from viasd_jax.generate import parse_widths
+
+    for bad in ([0], [6], "1,6", ["a"]):  # out of range, text (ambiguous: "16"?), not integers
         with pytest.raises(ValueError, match="verify_widths must be"):
             viasd_jax.generate(target, [[5, 6]], drafter="lookup", mode="sd", gamma=5, verify_widths=bad)
+    assert parse_widths("1,6") == parse_widths("1+6") == (1, 6) and parse_widths("none") == ()
+    with pytest.raises(ValueError, match="verify_widths must be"):
+        parse_widths("1;6")
 
 
 def test_prompt_lookup_matches_and_min_ngram():

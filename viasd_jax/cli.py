@@ -65,7 +65,9 @@ def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto"):
 
 def cmd_generate(args) -> None:
     import viasd_jax
+    from viasd_jax.generate import parse_widths
 
+    widths = None if args.verify_widths is None else parse_widths(args.verify_widths)  # bad text fails before loading
     prompts = _read_prompts(args)
     target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize, layout=args.layout)
     drafter = load_drafter(args.drafter, args.dtype, args.quantize, args.layout)
@@ -84,7 +86,7 @@ def cmd_generate(args) -> None:
         pending_bound=args.pending_bound,
         mix_lookup=args.mix_lookup,
         draft_stop=args.draft_stop,
-        verify_widths=args.verify_widths,
+        verify_widths=widths,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -100,7 +102,8 @@ def cmd_generate(args) -> None:
     s = result.stats
     print(
         f"\n[{mode}] {s['new_tokens']} new tokens in {result.seconds - result.compile_seconds:.2f} s: "
-        f"{result.tokens_per_second:.2f} tokens/s (compile {result.compile_seconds:.1f} s, not counted)",
+        f"{result.tokens_per_second:.2f} tokens/s; prefill {result.prefill_seconds:.2f} s, then "
+        f"{result.decode_tokens_per_second:.2f} tokens/s (compile {result.compile_seconds:.1f} s, not counted)",
         file=sys.stderr,
     )
     if mode != "ar":

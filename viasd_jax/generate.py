@@ -138,13 +138,24 @@ def plan_lengths(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int |
     return min(width, max_len), max_len
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    """`verify_widths` from the command line: "1,6", "1+6" (inside a bench override,
+    where ',' separates systems) or "none"."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(w) for w in text.replace("+", ",").split(","))
+    except ValueError:
+        raise ValueError(f"verify_widths must be a list of integers such as '1,6' or 'none', got {text!r}") from None
+
+
 def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
     """Narrower full-pass widths: as given, or by default 1 for prompt lookup (rounds
     where nothing matched) and, in via mode, gamma + 2 (rounds with nothing pending)."""
-    if isinstance(widths, str):  # "1,6", "1+6" (a bench override) or "none"
-        widths = [] if widths.strip().lower() in ("", "none") else widths.replace("+", ",").split(",")
     if widths is not None:
         try:
+            if isinstance(widths, str):
+                raise TypeError  # text goes through parse_widths
             return tuple(sorted({int(w) for w in ([widths] if isinstance(widths, int) else widths)}))
         except (TypeError, ValueError):
             raise ValueError(f"verify_widths must be a list of integers, got {widths!r}") from None

@@ -20,6 +20,7 @@ from typing import Any
 
 import viasd_jax
 from viasd_jax import fetch
+from viasd_jax.generate import parse_widths
 from viasd_jax.layout import layout_of
 
 OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self", "viasd-lookup")
@@ -132,6 +133,9 @@ def parse_system(name: str) -> tuple[str, dict]:
         known = ENGINE_OPTIONS + SAMPLING_OPTIONS + MODEL_OPTIONS
         if not eq or key not in known:
             raise ValueError(f"system {name!r}: bad override {item!r} (known: {', '.join(known)})")
+        if key == "verify_widths":
+            overrides[key] = parse_widths(value)
+            continue
         try:
             overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
