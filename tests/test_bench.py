@@ -169,11 +169,17 @@ def test_bench_drafter_and_width_overrides(pair):
 
     target, drafter, _ = pair
     t, d = viasd_jax.load(target), viasd_jax.load(drafter)
-    names = ["viasd-ar", "viasd-sd@drafter=lookup:gamma=6:verify_widths=1+3", "viasd-via@drafter=self:verify_widths=none"]
-    ar, sd_lookup, via_self = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
+    names = ["viasd-ar", "viasd-sd@drafter=lookup:gamma=6:verify_widths=1+3", "viasd-via@drafter=self:verify_widths=none",
+             "viasd-sd@drafter_dtype=bfloat16", "viasd-via-lossless@drafter_dtype=bfloat16"]
+    ar, sd_lookup, via_self, sd_bf16, lossless_bf16 = make_systems(names, t, target, "float32", drafter=d,
+                                                                   drafter_path=drafter)
     assert sd_lookup.options["drafter"] == "lookup" and sd_lookup.options["gamma"] == 6
     assert via_self.options["drafter"] == "self" and "self_route" in via_self.options
+    assert sd_bf16.options["drafter"] is lossless_bf16.options["drafter"]  # one bfloat16 copy, shared
+    assert str(sd_bf16.options["drafter"].dtype) == "bfloat16" and str(sd_bf16.target.dtype) == "float32"
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
-    assert sd_lookup.run(prompt, 8).tokens == ar.run(prompt, 8).tokens
+    want = ar.run(prompt, 8).tokens
+    assert sd_lookup.run(prompt, 8).tokens == want
+    assert sd_bf16.run(prompt, 8).tokens == want and lossless_bf16.run(prompt, 8).tokens == want
     with pytest.raises(ValueError, match="drafter override takes 'lookup' or 'self'"):
         make_systems(["viasd-ar@drafter=lookup"], t, target, "float32")

@@ -36,6 +36,7 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     (["generate", "--target", "HF", "--prompt", "x", "--drafter", "lookup", "--route", "0,99"], "out of range"),
     (["generate", "--target", "HF", "--prompt", "x", "--drafter", "lookup", "--route", "0,1,1"], "more than once"),
     (["generate", "--target", "HF", "--prompt", "x", "--route", "0,a"], "expected comma-separated layer indices"),
+    (["generate", "--target", "/no/such/dir", "--prompt", "x", "--verify-widths", "1;6"], "verify_widths must be"),
     (["generate", "--target", "HF", "--prompt", "x", "--drafter", "lookup", "--route", "/no/route.json"],
      "no such route file"),
     (["generate", "--target", "HF", "--prompt", "x", "--max-new-tokens", "-3"], "max_new_tokens must be"),

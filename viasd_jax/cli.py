@@ -50,6 +50,8 @@ def parse_route(text: str | None):
         raise ValueError(f"--route {text!r}: expected comma-separated layer indices or a route.json file") from None
 
 
+DRAFTER_DTYPE_HELP = ("the drafter model's dtype (default: --dtype); a bfloat16 drafter streams half the "
+                      "bytes and leaves lossless output unchanged")
 LAYOUT_HELP = ("weight matrices' memory layout; cpu-kernel: output-major through the compiled CPU "
                "matrix-vector kernel (fastest on CPU); output-major: XLA's dot over that layout; "
                "auto (default): cpu-kernel on one CPU with float weights, else input-major")
@@ -70,7 +72,7 @@ def cmd_generate(args) -> None:
     widths = None if args.verify_widths is None else parse_widths(args.verify_widths)  # bad text fails before loading
     prompts = _read_prompts(args)
     target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize, layout=args.layout)
-    drafter = load_drafter(args.drafter, args.dtype, args.quantize, args.layout)
+    drafter = load_drafter(args.drafter, args.drafter_dtype or args.dtype, args.quantize, args.layout)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
@@ -153,7 +155,7 @@ def cmd_bench(args) -> None:
         report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options,
                            with_quality=not args.no_quality, quantize=args.quantize,
-                           layout=args.layout, checkpoint=args.checkpoint)
+                           layout=args.layout, checkpoint=args.checkpoint, drafter_dtype=args.drafter_dtype)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="extra stop string (repeatable)")
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    g.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
     g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
     b.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
     b.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)

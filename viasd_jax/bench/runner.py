@@ -104,10 +104,12 @@ def matches(tokens: list[int], reference: list[int]) -> int:
 def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], drafter_path: str | None = None,
               max_new_tokens: int = 128, dtype: str = "float32", limit: int | None = None,
               options: dict | None = None, with_quality: bool = True, progress: bool = True,
-              quantize: str | None = None, layout: str = "auto", checkpoint: str | None = None) -> dict:
+              quantize: str | None = None, layout: str = "auto", checkpoint: str | None = None,
+              drafter_dtype: str | None = None) -> dict:
     """Run every system on every prompt (order rotated per prompt) and return the report.
 
-    `checkpoint`: a file rewritten after every prompt with the runs so far; when it
+    `drafter_dtype`: the drafter's dtype when not `dtype` (e.g. a bfloat16 drafter for a
+    float32 target: lossless modes stay exact). `checkpoint`: a file rewritten after every prompt with the runs so far; when it
     exists (from an interrupted run with the same settings) its prompts are skipped.
     A prompt's systems always run together, in one process, so ratios stay fair.
     """
@@ -116,11 +118,13 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
     systems = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the target's greedy text is the reference
     settings = {"target": target_path, "drafter": drafter_path, "prompts": prompts_path, "systems": systems,
                 "max_new_tokens": max_new_tokens, "dtype": dtype, "quantize": quantize, "layout": layout,
-                "num_prompts": len(rows), **(options or {})}
+                "num_prompts": len(rows), **(options or {}),
+                **({"drafter_dtype": drafter_dtype} if drafter_dtype not in (None, dtype) else {})}
     runs = read_checkpoint(checkpoint, settings) if checkpoint else []
     done = {(r["system"], r["prompt_id"]) for r in runs}
     target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize, layout=layout)
-    drafter = viasd_jax.load(drafter_path, dtype=dtype, quantize=quantize, layout=layout) if drafter_path else None
+    drafter = (viasd_jax.load(drafter_path, dtype=drafter_dtype or dtype, quantize=quantize, layout=layout)
+               if drafter_path else None)
     runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
                            options=options, quantize=quantize)
     ids = P.encode(target, [r["prompt"] for r in rows], chat_template=True)

@@ -7,8 +7,10 @@ e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
 builds its grid this way). `layout=...` / `drafter_layout=...` (`output-major`,
 `cpu-kernel`, or `input-major` when the bench's `--layout` is another) run that
 system on a second copy of the target / drafter in that weight layout, and
-`quantize=int8` on int8 copies of both (each copy loaded once, shared by every system
-that names it).
+`quantize=int8` on int8 copies of both, `drafter_dtype=bfloat16` on a bfloat16 copy of
+the drafter (each copy loaded once, shared by every system that names it). A drafter
+only proposes, so its dtype changes speed and acceptance, never the lossless modes'
+output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import dataclasses
 import os
 import time
 from typing import Any
+
+import jax.numpy as jnp
 
 import viasd_jax
 from viasd_jax import fetch
@@ -30,7 +34,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "min_ngram", "mix_lookup", "draft_stop", "verify_widths")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout", "quantize")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_dtype")
 
 
 @dataclasses.dataclass
@@ -183,25 +187,26 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
     if drafter_path is None and needing:
         raise ValueError(f"systems {', '.join(needing)} need --drafter")
     systems, hf_target, hf_drafter = [], None, None
-    copies = {}  # (path, layout, quantize) -> a second copy of a model
+    copies = {}  # (path, layout, quantize, dtype) -> a second copy of a model
 
-    def variant(model, path, layout, quant):
+    def variant(model, path, layout, quant, dt=None):
         if not hasattr(model, "params"):
             return model
-        base_layout = layout_of(model.params)
+        base = (layout_of(model.params), quantize, jnp.dtype(model.dtype).name)
         quant = quant or quantize
-        layout = layout or ("auto" if quant != quantize else base_layout)  # int8 has no kernel layout
-        if (layout, quant) == (base_layout, quantize):
+        layout = layout or ("auto" if quant != quantize else base[0])  # int8 has no kernel layout
+        dt = jnp.dtype(dt).name if dt else base[2]
+        if (layout, quant, dt) == base:
             return model
-        if (path, layout, quant) not in copies:
-            copies[path, layout, quant] = viasd_jax.load(path, dtype=dtype, quantize=quant, layout=layout)
-        return copies[path, layout, quant]
+        if (path, layout, quant, dt) not in copies:
+            copies[path, layout, quant, dt] = viasd_jax.load(path, dtype=dt, quantize=quant, layout=layout)
+        return copies[path, layout, quant, dt]
 
     for name, base, overrides in parsed:
         o = {**(options or {}), **overrides}
         if base in OURS:
             t = variant(target, target_path, o.get("layout"), o.get("quantize"))
-            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"))
+            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"), o.get("drafter_dtype"))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
