@@ -15,6 +15,8 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -57,22 +59,47 @@ inline float lane_sum(Vec v) {
   return s;
 }
 
+// bfloat16 weights are read 2 * kLanes at a time as kLanes 32-bit words: word i holds
+// elements 2i (low half) and 2i + 1 (high half), so a shift and a mask widen them to
+// float32 without shuffles (converting lane by lane costs several shuffles per vector,
+// which capped the kernel at about 30 GB/s). The x rows are pre-split to match: each
+// block of 2 * kLanes holds its even elements, then its odd ones (see `split_pairs`).
+inline void load_pairs(const uint16_t* p, Vec& even, Vec& odd) {
+  Bits b;
+  std::memcpy(&b, p, sizeof b);
+  const Bits lo = b << 16, hi = b & 0xFFFF0000u;
+  std::memcpy(&even, &lo, sizeof even);
+  std::memcpy(&odd, &hi, sizeof odd);
+}
+
+template <typename T>
+constexpr int64_t kStep = std::is_same_v<T, uint16_t> ? 2 * kLanes : kLanes;  // k per vector step
+
 // Rows [n, n + R) of W times activation rows [0, M): y[m, n + r] = sum_k x[m, k] w[n + r, k].
+// For bfloat16 weights `x` is in `split_pairs` order up to the last full step.
 template <int M, int R, typename T>
 void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64_t n) {
   Vec acc[M][R] = {};
-  const int64_t k_vec = K - K % kLanes;
-  for (int64_t k = 0; k < k_vec; k += kLanes) {
-    Vec wv[R];
-    for (int r = 0; r < R; ++r) {
-      // Several x rows make this loop compute-heavy enough that the hardware prefetcher
-      // alone falls behind; a single row is pure streaming and needs no hint.
-      if constexpr (M > 1) __builtin_prefetch(w + (n + r) * K + k + kPrefetch, 0, 0);
-      wv[r] = load(w + (n + r) * K + k);
-    }
-    for (int m = 0; m < M; ++m) {
-      const Vec xv = load(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
+  const int64_t k_vec = K - K % kStep<T>;
+  for (int64_t k = 0; k < k_vec; k += kStep<T>) {
+    // Several x rows make this loop compute-heavy enough that the hardware prefetcher
+    // alone falls behind; a single row is pure streaming and needs no hint.
+    if constexpr (M > 1 || std::is_same_v<T, uint16_t>)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch, 0, 0);
+    if constexpr (std::is_same_v<T, uint16_t>) {
+      Vec even[R], odd[R];
+      for (int r = 0; r < R; ++r) load_pairs(w + (n + r) * K + k, even[r], odd[r]);
+      for (int m = 0; m < M; ++m) {
+        const Vec xe = load(x + m * K + k), xo = load(x + m * K + k + kLanes);
+        for (int r = 0; r < R; ++r) acc[m][r] += even[r] * xe + odd[r] * xo;
+      }
+    } else {
+      Vec wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = load(w + (n + r) * K + k);
+      for (int m = 0; m < M; ++m) {
+        const Vec xv = load(x + m * K + k);
+        for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
+      }
     }
   }
   for (int m = 0; m < M; ++m)
@@ -92,9 +119,23 @@ void sweep(const T* w, const float* x, float* y, int64_t K, int64_t N, int64_t n
   for (; n < n1; ++n) row_block<M, 1>(w, x, y, K, N, n);
 }
 
-// A group of at most 9 activation rows: up to 6 take 4 rows of W per step, 7-9 take 3.
+// A group of at most 9 activation rows: up to 6 take 4 rows of W per step, 7-9 take 3
+// (bfloat16 holds two vectors per W row: 4 rows up to 2, 3 up to 5, then 2).
 template <typename T>
 void group(const T* w, const float* x, float* y, int64_t G, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    switch (G) {
+      case 1: return sweep<1, 4>(w, x, y, K, N, n0, n1);
+      case 2: return sweep<2, 4>(w, x, y, K, N, n0, n1);
+      case 3: return sweep<3, 3>(w, x, y, K, N, n0, n1);
+      case 4: return sweep<4, 3>(w, x, y, K, N, n0, n1);
+      case 5: return sweep<5, 3>(w, x, y, K, N, n0, n1);
+      case 6: return sweep<6, 2>(w, x, y, K, N, n0, n1);
+      case 7: return sweep<7, 2>(w, x, y, K, N, n0, n1);
+      case 8: return sweep<8, 2>(w, x, y, K, N, n0, n1);
+      default: return sweep<9, 2>(w, x, y, K, N, n0, n1);
+    }
+  }
   switch (G) {
     case 1: return sweep<1, 4>(w, x, y, K, N, n0, n1);
     case 2: return sweep<2, 4>(w, x, y, K, N, n0, n1);
@@ -124,8 +165,25 @@ struct Job {
 
 constexpr int64_t kChunkRows = 48;  // a multiple of 3 and 4
 
+// x rows with each full block of 2 * kLanes reordered to its even elements, then its
+// odd ones (the order `load_pairs` widens bfloat16 weights in); the tail stays as is.
+const float* split_pairs(const float* x, int64_t M, int64_t K) {
+  thread_local std::vector<float> buf;  // the calling thread waits for every chunk
+  buf.resize(M * K);
+  const int64_t k_vec = K - K % (2 * kLanes);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * K;
+    float* dst = buf.data() + m * K;
+    for (int64_t k = 0; k < k_vec; k += 2 * kLanes)
+      for (int i = 0; i < kLanes; ++i) dst[k + i] = src[k + 2 * i], dst[k + kLanes + i] = src[k + 2 * i + 1];
+    std::memcpy(dst + k_vec, src + k_vec, (K - k_vec) * sizeof(float));
+  }
+  return buf.data();
+}
+
 template <typename T>
 void run(ffi::ThreadPool& pool, const T* w, const float* x, float* y, int64_t M, int64_t K, int64_t N) {
+  if constexpr (std::is_same_v<T, uint16_t>) x = split_pairs(x, M, K);
   auto job = std::make_shared<Job>();
   job->chunks = (N + kChunkRows - 1) / kChunkRows;
   auto work = [job, w, x, y, M, K, N]() {
