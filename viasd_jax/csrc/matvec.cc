@@ -91,7 +91,10 @@ void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64
       for (int r = 0; r < R; ++r) load_pairs(w + (n + r) * K + k, even[r], odd[r]);
       for (int m = 0; m < M; ++m) {
         const Vec xe = load(x + m * K + k), xo = load(x + m * K + k + kLanes);
-        for (int r = 0; r < R; ++r) acc[m][r] += even[r] * xe + odd[r] * xo;
+        for (int r = 0; r < R; ++r) {  // two statements: two FMAs (one expression: mul, FMA, add)
+          acc[m][r] += even[r] * xe;
+          acc[m][r] += odd[r] * xo;
+        }
       }
     } else {
       Vec wv[R];
