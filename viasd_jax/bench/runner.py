@@ -109,8 +109,9 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
     """Run every system on every prompt (order rotated per prompt) and return the report.
 
     `drafter_dtype`: the drafter's dtype when not `dtype` (e.g. a bfloat16 drafter for a
-    float32 target: lossless modes stay exact). `checkpoint`: a file rewritten after every prompt with the runs so far; when it
-    exists (from an interrupted run with the same settings) its prompts are skipped.
+    float32 target: lossless modes stay exact). `checkpoint`: a file rewritten after
+    every prompt with the runs so far; when it exists (from an interrupted run with the
+    same settings) its prompts are skipped.
     A prompt's systems always run together, in one process, so ratios stay fair.
     """
     rows = read_prompts(prompts_path, limit)

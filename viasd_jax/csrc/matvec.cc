@@ -82,8 +82,8 @@ void row_block(const T* w, const float* x, float* y, int64_t K, int64_t N, int64
   Vec acc[M][R] = {};
   const int64_t k_vec = K - K % kStep<T>;
   for (int64_t k = 0; k < k_vec; k += kStep<T>) {
-    // Several x rows make this loop compute-heavy enough that the hardware prefetcher
-    // alone falls behind; a single row is pure streaming and needs no hint.
+    // Several x rows (or the bfloat16 widening) make this loop busy enough that the
+    // hardware prefetcher alone falls behind; one float32 row is pure streaming.
     if constexpr (M > 1 || std::is_same_v<T, uint16_t>)
       for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch, 0, 0);
     if constexpr (std::is_same_v<T, uint16_t>) {
