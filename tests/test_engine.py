@@ -173,7 +173,7 @@ def test_verify_widths_change_no_tokens(target, near_drafter, case, temperature)
     full_width = 1 + kw["gamma"] if kw["mode"] == "sd" else 3 * kw["gamma"] + 2
     runs = [viasd_jax.generate(target, PROMPTS, max_new_tokens=16, temperature=temperature, seed=3,
                                verify_widths=widths, **kw).tokens
-            for widths in ("none", None, list(range(1, full_width)))]
+            for widths in ((), None, list(range(1, full_width)))]
     assert runs[0] == runs[1] == runs[2]
 
 
