@@ -62,7 +62,7 @@ inline float lane_sum(Vec v) {
 // bfloat16 weights are read 2 * kLanes at a time as kLanes 32-bit words: word i holds
 // elements 2i (low half) and 2i + 1 (high half), so a shift and a mask widen them to
 // float32 without shuffles (converting lane by lane costs several shuffles per vector,
-// which capped the kernel at about 30 GB/s). The x rows are pre-split to match: each
+// which made bfloat16 stream slower than float32). The x rows are pre-split to match: each
 // block of 2 * kLanes holds its even elements, then its odd ones (see `split_pairs`).
 inline void load_pairs(const uint16_t* p, Vec& even, Vec& odd) {
   Bits b;
