@@ -259,17 +259,16 @@ def _effective(tr: TierResult, draft_logp, slim_logp, n_draft):
     return jnp.where((i == n_draft[:, None])[..., None], slim_logp, eff)
 
 
-def _full_pass(key, buffers, f, n_cheap, escalated, rows, draft_logp, settled, state, params, config, width):
-    """Full model over `[x_f .. x_{n'-1}, escalated drafts]` (at most `width` tokens) for
-    the rows that need it, lossless verification of the chain (escalated drafts; in
-    lossless mode every pending token too), commit. Other rows are untouched, so a row's
+def _full_pass(key, buffers, f, n_cheap, escalated, count, rows, draft_logp, settled, state, params, config, width):
+    """Full model over `[x_f .. x_{n'-1}, escalated drafts]` (`count` tokens, at most
+    `width`) for the rows that need it, lossless verification of the chain (escalated
+    drafts; in lossless mode every pending token too), commit. Other rows are untouched, so a row's
     output never depends on its batch-mates (nor on the width their windows chose).
 
     Returns ((tokens, origin), cache, new n, accepted chain tokens, pending tokens in the chain).
     """
     tokens, origin = buffers
     cfg = config.target
-    count = jnp.where(rows, n_cheap - f + escalated, 0)
     window = gather_window(tokens, f, width)
     hidden, cache = M.forward(params.target, cfg, window, window_positions(f, count, width), state.cache)
     start = jnp.ones_like(f) if config.lossless else n_cheap - f  # window index of the chain's first token
@@ -349,13 +348,14 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
 
     state_for_full = dataclasses.replace(state, cache=cache, pending_logp=pending)
 
+    full_count = jnp.where(full_rows, n_cheap - f + escalated, 0)
+
     def full_at(width):
-        return lambda buffers: _full_pass(k_verify, buffers, f, n_cheap, escalated, full_rows, draft_logp, settled,
-                                          state_for_full, params, config, width)
+        return lambda buffers: _full_pass(k_verify, buffers, f, n_cheap, escalated, full_count, full_rows, draft_logp,
+                                          settled, state_for_full, params, config, width)
 
     def full(buffers):
-        return _narrowest(config.full_widths, jnp.max(jnp.where(full_rows, n_cheap - f + escalated, 0)), full_at,
-                          buffers)
+        return _narrowest(config.full_widths, jnp.max(full_count), full_at, buffers)
 
     def skip(buffers):
         return buffers, with_lengths(cache, f), n_cheap, zero, zero
