@@ -45,8 +45,9 @@ def test_output_major_int8_equals_input_major_int8(tiny):
     assert isinstance(oq.params.layers.wo, LY.OutputMajor) and isinstance(oq.params.layers.wo.w, Int8Weight)
     toks = np.random.RandomState(1).randint(3, 96, size=(1, 7))
     np.testing.assert_allclose(viasd_jax.score(oq, toks), viasd_jax.score(qm, toks), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="already quantized"):
-        quantize(oq)
+    for quantized in (oq, qm):
+        with pytest.raises(ValueError, match="already quantized"):
+            quantize(quantized)
 
 
 def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):

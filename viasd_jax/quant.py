@@ -73,16 +73,14 @@ def quantize_params(params, cfg, mode: str = "int8"):
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
     dims = {name: spec.dims for name, spec in {**LAYER_LEAVES, **TOP_LEAVES}.items()}
-    wrapped = [w.w for w in leaves_of(params).values() if isinstance(w, OutputMajor)]
-    if any(isinstance(w, Int8Weight) for w in wrapped):
+    leaves = leaves_of(params)
+    bare = {name: w.w if isinstance(w, OutputMajor) else w for name, w in leaves.items()}
+    if any(isinstance(w, Int8Weight) for w in bare.values()):
         raise ValueError("these params are already quantized")
-    if wrapped:
-        params = to_input_major(params, cfg)
-    out = {}
-    for name, w in leaves_of(params).items():
-        if name in CONTRACTED and not isinstance(w, Int8Weight):
-            w = _quantize_jit(w, dims[name], CONTRACTED[name])
-        out[name] = w
+    if any(w is not leaves[name] for name, w in bare.items()):
+        leaves = leaves_of(to_input_major(params, cfg))
+    out = {name: _quantize_jit(w, dims[name], CONTRACTED[name]) if name in CONTRACTED else w
+           for name, w in leaves.items()}
     return params_from_leaves(cfg, out)
 
 
