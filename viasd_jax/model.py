@@ -172,22 +172,32 @@ def forward(
     `cache` at `positions` for every kept attention sublayer; `cache.lengths` is
     left to the caller. Call `logits` on the result.
     """
+    x, cache, _ = run_layers(params, cfg, embed(params, cfg, tokens), positions, cache, route)
+    return rms_norm(x, params.final_norm, cfg), cache
+
+
+def run_layers(params: Params, cfg: ModelConfig, x: jax.Array, positions: jax.Array, cache: KVCache,
+               route: jax.Array | None = None, collect: bool = False):
+    """The layer stack from residual `x` `[B, T, D]` under `route` (as in `forward`).
+
+    Returns (residual after the last layer, `cache` with the new K/V, and with `collect`
+    the residual entering every layer `[L, B, T, D]`, else None).
+    """
     if route is None:
         route = jnp.ones((cfg.num_layers, 2), bool)
     if route.ndim == 1:
         route = jnp.stack([route, route], axis=-1)
     inv_freq = rope_inv_freq(cfg)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
-    x = embed(params, cfg, tokens)
 
     def body(carry, xs):
         idx, route_row, window = xs
-        return _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq), None
+        out = _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq)
+        return out, carry[0] if collect else None
 
     xs = (jnp.arange(cfg.num_layers), route, windows)
-    (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
-    x = rms_norm(x, params.final_norm, cfg)
-    return x, KVCache(k=k, v=v, lengths=cache.lengths)
+    (x, k, v), streams = jax.lax.scan(body, (x, cache.k, cache.v), xs)
+    return x, KVCache(k=k, v=v, lengths=cache.lengths), streams
 
 
 def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:

@@ -152,16 +152,7 @@ def _scan_layers(params: Params, cfg: ModelConfig, x, route, collect: bool):
     Returns (final residual, residual entering every layer `[L, B, T, D]` or None)."""
     b, t = x.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    cache = init_cache(cfg, b, t, params.embed.dtype)
-    inv_freq = M.rope_inv_freq(cfg)
-    windows = jnp.asarray(cfg.layer_windows, jnp.int32)
-
-    def body(carry, xs):
-        idx, row, window = xs
-        out = M._layer(cfg, params.layers, idx, window, row, *carry, pos, inv_freq)
-        return out, carry[0] if collect else None
-
-    (x, _, _), streams = jax.lax.scan(body, (x, cache.k, cache.v), (jnp.arange(cfg.num_layers), route, windows))
+    x, _, streams = M.run_layers(params, cfg, x, pos, init_cache(cfg, b, t, params.embed.dtype), route, collect)
     return x, streams
 
 
