@@ -1,14 +1,17 @@
-"""The CPU kernel in float32 and bfloat16: bytes streamed per second, and the cost of
-a drafter step in each dtype.
+"""The CPU kernel per dtype: bytes streamed per second, and the cost of drafter passes.
 
 Part 1 times `cpu_matvec.matvec` over every layer of a stacked weight shaped like the
 real models' largest matrices (Qwen2.5-Coder-1.5B's MLP, 28 x 8960 x 1536, and the
-0.5B's, 24 x 4864 x 896) for 1-9 activation rows (best of `--repeats`). Part 2 (with
-`--drafter`) times one cached 1-token forward of the drafter in each dtype against the
-target's float32 forward: `c`, as the bench header prints it. Usage:
+0.5B's, 24 x 4864 x 896) for a few activation-row counts (best of `--repeats`), in
+three kernel paths: float32; bfloat16 weights widened against float32 activations;
+bfloat16 weights and activations (the dot-product path a bfloat16 model takes).
+Part 2 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
+drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype against
+the target's float32 1-token forward: for 1 token, `c` as the bench header prints it.
+Usage:
 
-    python benchmarks/kernel_dtypes.py [--rows 1,2,5,9] [--repeats 9]
-        [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b]
+    python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
+        [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ import jax.numpy as jnp
 from viasd_jax import cpu_matvec
 
 SHAPES = {"1.5B MLP": (28, 8960, 1536), "0.5B MLP": (24, 4864, 896)}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PATHS = {  # name: (weight dtype, activation dtype)
+    "float32": (jnp.float32, jnp.float32),
+    "bf16 w": (jnp.bfloat16, jnp.float32),
+    "bf16 w+x": (jnp.bfloat16, jnp.bfloat16),
+}
 
 
-def stream_rate(layers: int, n: int, k: int, rows: int, dtype, repeats: int) -> tuple[float, float]:
+def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
     """(seconds, GB/s) for one matvec per layer of a `[layers, n, k]` weight."""
-    w = jnp.ones((layers, n, k), dtype)
-    x = jnp.ones((rows, k), jnp.float32)
+    w_dtype, x_dtype = dtypes
+    w = jnp.ones((layers, n, k), w_dtype)
+    x = jnp.ones((rows, k), x_dtype)
     every_layer = jax.jit(lambda x, w: sum(cpu_matvec.matvec(x, w, i)[0, 0] for i in range(layers)))
     every_layer(x, w).block_until_ready()
     best = float("inf")
@@ -41,18 +49,23 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtype, repeats: int) -> 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", default="1,2,5,9")
+    ap.add_argument("--rows", default="1,2,5,9,64")
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--drafter", help="also time this drafter's 1-token forward in each dtype")
+    ap.add_argument("--drafter", help="also time this drafter's forwards in each dtype")
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--tokens", default="1,5,64", help="new tokens per timed drafter forward")
     args = ap.parse_args()
 
-    print("| matrix | rows | float32 ms | float32 GB/s | bfloat16 ms | bfloat16 GB/s | bf16 speedup |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    names = list(PATHS)
+    print("| matrix | rows | " + " | ".join(f"{p} ms | {p} GB/s" for p in names)
+          + " | " + " | ".join(f"{p} speedup" for p in names[1:]) + " |")
+    print("|---|---:|" + "---:|" * (3 * len(names) - 1))
     for name, (layers, n, k) in SHAPES.items():
         for rows in (int(r) for r in args.rows.split(",")):
-            (t32, g32), (t16, g16) = (stream_rate(layers, n, k, rows, d, args.repeats) for d in DTYPES.values())
-            print(f"| {name} | {rows} | {t32 * 1e3:.1f} | {g32:.1f} | {t16 * 1e3:.1f} | {g16:.1f} | {t32 / t16:.2f} |")
+            got = [stream_rate(layers, n, k, rows, PATHS[p], args.repeats) for p in names]
+            cells = " | ".join(f"{t * 1e3:.1f} | {g:.1f}" for t, g in got)
+            ratios = " | ".join(f"{got[0][0] / t:.2f}" for t, _ in got[1:])
+            print(f"| {name} | {rows} | {cells} | {ratios} |")
 
     if args.drafter:
         import viasd_jax
@@ -62,10 +75,13 @@ def main():
         t1 = costs.forward_seconds(target, 1, repeats=args.repeats)
         del target
         print(f"\ntarget 1-token forward {t1 * 1e3:.1f} ms")
-        for dtype in DTYPES:
+        print("| drafter dtype | new tokens | ms | in target 1-token forwards |")
+        print("|---|---:|---:|---:|")
+        for dtype in ("float32", "bfloat16"):
             drafter = viasd_jax.load(args.drafter, dtype=dtype)
-            d1 = costs.forward_seconds(drafter, 1, repeats=args.repeats)
-            print(f"drafter {dtype}: {d1 * 1e3:.1f} ms, c = {d1 / t1:.3f}")
+            for tokens in (int(t) for t in args.tokens.split(",")):
+                d = costs.forward_seconds(drafter, tokens, repeats=args.repeats)
+                print(f"| {dtype} | {tokens} | {d * 1e3:.1f} | {d / t1:.3f} |")
             del drafter
 
 

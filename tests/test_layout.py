@@ -1,6 +1,8 @@
 """Output-major weight layout and the compiled CPU kernel: the same model, the same numbers."""
 
 import dataclasses
+import platform
+import subprocess
 
 import numpy as np
 import pytest
@@ -65,7 +67,7 @@ def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
         viasd_jax.load(hf_dirs["qwen2"], layout="output-major", mesh=viasd_jax.make_mesh(1, 2))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16 activations"])
 def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     """Tails in every dimension: K not a multiple of the 16 vector lanes, N not of the
     3- or 4-row blocks nor of the 48-row chunk, every token-group size 1-9 and M above
@@ -79,14 +81,31 @@ def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     rng = np.random.default_rng(0)
     for k in (77, 45):  # bfloat16 steps 32 columns at a time: two steps and a tail, one step and a tail
         w = rng.standard_normal((3, 101, k)).astype(np.float32)
-        if dtype == "bfloat16":
+        if dtype != "float32":
             w = w.astype(ml_dtypes.bfloat16)
         for m in (*range(1, 10), 11, 19):
             x = rng.standard_normal((m, k)).astype(np.float32)
+            if dtype == "bfloat16 activations":  # the kernel's bfloat16 dot-product path
+                x = x.astype(ml_dtypes.bfloat16)
             got = jax.jit(cpu_matvec.matvec)(jnp.asarray(x), jnp.asarray(w), jnp.int32(2))
-            np.testing.assert_allclose(np.asarray(got), x @ w[2].astype(np.float32).T, rtol=1e-5, atol=1e-5)
+            want = x.astype(np.float32) @ w[2].astype(np.float32).T
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w[1]))),
-                               x @ w[1].astype(np.float32).T, rtol=1e-5, atol=1e-5)
+                               x.astype(np.float32) @ w[1].astype(np.float32).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag")
+def test_kernel_compiles_without_avx512_bf16():
+    """Where the compiler may not use AVX-512 BF16, bfloat16 activations take the widening path."""
+    import jax
+
+    from viasd_jax import cpu_matvec
+
+    flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC")]
+    cmd = [cpu_matvec._compiler(), *flags, "-mno-avx512bf16", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
+           cpu_matvec.SOURCE]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_kernel_layout_errors(tiny, monkeypatch, tmp_path):
