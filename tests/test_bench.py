@@ -183,3 +183,20 @@ def test_bench_drafter_and_width_overrides(pair):
     assert sd_bf16.run(prompt, 8).tokens == want and lossless_bf16.run(prompt, 8).tokens == want
     with pytest.raises(ValueError, match="drafter override takes 'lookup' or 'self'"):
         make_systems(["viasd-ar@drafter=lookup"], t, target, "float32")
+
+
+def test_bench_dtype_override_copies_both_models(pair):
+    from viasd_jax.bench.systems import make_systems
+    import viasd_jax
+
+    target, drafter, _ = pair
+    t, d = viasd_jax.load(target), viasd_jax.load(drafter)
+    ar16, sd16, sd_mixed = make_systems(["viasd-ar@dtype=bfloat16", "viasd-sd@dtype=bfloat16",
+                                         "viasd-sd@dtype=bfloat16:drafter_dtype=float32"], t, target, "float32",
+                                        drafter=d, drafter_path=drafter)
+    assert ar16.target is sd16.target and str(sd16.target.dtype) == "bfloat16"
+    assert str(sd16.options["drafter"].dtype) == "bfloat16" and sd_mixed.options["drafter"] is d
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    assert sd16.run(prompt, 8).tokens == ar16.run(prompt, 8).tokens  # lossless against its own (bfloat16) target
+    with pytest.raises(ValueError, match="dtype override 'int4'"):
+        make_systems(["viasd-ar@dtype=int4"], t, target, "float32")

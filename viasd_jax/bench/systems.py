@@ -7,10 +7,11 @@ e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
 builds its grid this way). `layout=...` / `drafter_layout=...` (`output-major`,
 `cpu-kernel`, or `input-major` when the bench's `--layout` is another) run that
 system on a second copy of the target / drafter in that weight layout, and
-`quantize=int8` on int8 copies of both, `drafter_dtype=bfloat16` on a bfloat16 copy of
-the drafter (each copy loaded once, shared by every system that names it). A drafter
-only proposes, so its dtype changes speed and acceptance, never the lossless modes'
-output.
+`quantize=int8` on int8 copies of both, `dtype=bfloat16` on bfloat16 copies of both,
+`drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone (each copy loaded
+once, shared by every system that names it). A drafter only proposes, so its dtype
+changes speed and acceptance, never the lossless modes' output; the target's dtype
+changes the output (its agreement is measured against the bench's own target).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "min_ngram", "mix_lookup", "draft_stop", "verify_widths")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_dtype")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "dtype", "drafter_dtype")
 
 
 @dataclasses.dataclass
@@ -195,6 +196,8 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         base = (layout_of(model.params), quantize, jnp.dtype(model.dtype).name)
         quant = quant or quantize
         layout = layout or ("auto" if quant != quantize else base[0])  # int8 has no kernel layout
+        if dt not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype override {dt!r}: choose float32, bfloat16 or float16")
         dt = jnp.dtype(dt).name if dt else base[2]
         if (layout, quant, dt) == base:
             return model
@@ -205,8 +208,9 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
     for name, base, overrides in parsed:
         o = {**(options or {}), **overrides}
         if base in OURS:
-            t = variant(target, target_path, o.get("layout"), o.get("quantize"))
-            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"), o.get("drafter_dtype"))
+            t = variant(target, target_path, o.get("layout"), o.get("quantize"), o.get("dtype"))
+            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"),
+                        o.get("drafter_dtype", o.get("dtype")))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
