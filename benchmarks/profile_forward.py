@@ -74,5 +74,6 @@ def _kind(name: str) -> str:
     """`ffi_call.12` -> `ffi_call` (the kernel), `fusion.3.clone` -> `fusion`."""
     return re.sub(r"(\.\d+|\.clone)+$", "", name)
 
+
 if __name__ == "__main__":
     main()

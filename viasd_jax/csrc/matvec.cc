@@ -197,23 +197,20 @@ const float* split_pairs(const float* x, int64_t M, int64_t K) {
   return buf.data();
 }
 
-// bfloat16 activations as float32 (exact), for compilers without AVX-512 BF16.
+#if !defined(__AVX512BF16__)
+// bfloat16 activations as float32 (exact), for compilers without AVX-512 BF16: they
+// then take the widening path.
 const float* widened(const uint16_t* x, int64_t size) {
   thread_local std::vector<float> buf;
   buf.resize(size);
   for (int64_t i = 0; i < size; ++i) buf[i] = widen(x[i]);
   return buf.data();
 }
+#endif
 
 template <typename T, typename X>
 void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N) {
-  if constexpr (std::is_same_v<X, uint16_t>) {
-#if !defined(__AVX512BF16__)
-    return run(pool, w, widened(x, M * K), y, M, K, N);
-#endif
-  } else if constexpr (std::is_same_v<T, uint16_t>) {
-    x = split_pairs(x, M, K);
-  }
+  if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
   auto job = std::make_shared<Job>();
   job->chunks = (N + kChunkRows - 1) / kChunkRows;
   auto work = [job, w, x, y, M, K, N]() {
@@ -247,7 +244,11 @@ ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
   else if (xt == ffi::DataType::F32 && wt == ffi::DataType::BF16)
     run(pool, wh, xf, out, M, K, N);
   else if (xt == ffi::DataType::BF16 && wt == ffi::DataType::BF16)
+#if defined(__AVX512BF16__)
     run(pool, wh, static_cast<const uint16_t*>(x.untyped_data()), out, M, K, N);
+#else
+    run(pool, wh, widened(static_cast<const uint16_t*>(x.untyped_data()), M * K), out, M, K, N);
+#endif
   else
     return ffi::Error::InvalidArgument("viasd matvec: weights must be float32 or bfloat16, and bfloat16 "
                                        "activations need bfloat16 weights");
