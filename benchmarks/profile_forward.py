@@ -22,13 +22,14 @@ import jax.numpy as jnp
 
 import viasd_jax
 from viasd_jax.bench.costs import _step
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--cache-dtype", default=None, help="the KV cache's dtype (default: cache.kv_dtype's choice)")
     ap.add_argument("--tokens", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=15)
@@ -38,7 +39,7 @@ def main():
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool)
     toks = jnp.ones((1, args.tokens), jnp.int32)
-    cache = init_cache(cfg, 1, 256, model.dtype)
+    cache = init_cache(cfg, 1, 256, args.cache_dtype or kv_dtype(model.dtype))
     out, cache = _step(model.params, toks, cache, route, cfg=cfg)
     jax.block_until_ready(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +63,7 @@ def main():
                 stack.append((ev.start_ns + ev.duration_ns, kind))
     ops = {k: v for k, v in per_kind.items() if not k.startswith(("$", "ThunkExecutor"))}
     total = sum(ops.values())
-    print(f"{args.model} {args.dtype}, {args.tokens} token(s), {args.repeats} forwards; "
+    print(f"{args.model} {args.dtype} (cache {cache.k.dtype}), {args.tokens} token(s), {args.repeats} forwards; "
           f"XLA op self time summed over threads {total / 1e6 / args.repeats:.1f} ms per forward")
     print("| op kind | ms per forward | share |")
     print("|---|---:|---:|")

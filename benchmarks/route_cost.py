@@ -18,7 +18,7 @@ import numpy as np
 
 import viasd_jax
 from viasd_jax import model as M
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
         return M.logits(params, cfg, h[:, -1]), cache
 
     tokens = jnp.ones((1, args.tokens), jnp.int32)
-    cache = init_cache(cfg, 1, args.cache_len, m.dtype)
+    cache = init_cache(cfg, 1, args.cache_len, kv_dtype(m.dtype))
     print(f"{'kept layers':>12} {'ms/forward':>11} {'ms/kept layer':>14}")
     for kept in (n_layers, 3 * n_layers // 4, n_layers // 2, n_layers // 4, 1):
         keep = jnp.asarray(np.arange(n_layers) < kept)

@@ -6,7 +6,7 @@ import pytest
 
 import viasd_jax
 from viasd_jax import model as M
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma2"])
@@ -53,3 +53,17 @@ def test_batch_rows_match_alone(family, tiny):
     batch = viasd_jax.generate(m, prompts, max_new_tokens=12)
     for p, got in zip(prompts, batch.tokens):
         assert got == viasd_jax.generate(m, [p], max_new_tokens=12).tokens[0]
+
+
+def test_bfloat16_model_keeps_a_float32_cache_on_cpu(qwen):
+    """On CPU a 16-bit model writes a float32 cache (XLA copies a 16-bit one per write);
+    its activations stay 16-bit, also through a skipped-sublayer route's `cond`."""
+    assert kv_dtype(jnp.bfloat16) == jnp.float32 and kv_dtype(jnp.float32) == jnp.float32
+    m = viasd_jax.load(qwen.path, dtype="bfloat16")
+    cfg = m.config
+    cache = init_cache(cfg, 1, 16, kv_dtype(m.dtype))
+    route = jnp.ones((cfg.num_layers, 2), bool).at[0, 1].set(False)
+    toks = jnp.asarray([[5, 6, 7]])
+    h, cache = M.forward(m.params, cfg, toks, jnp.arange(3)[None], cache, route)
+    assert h.dtype == jnp.bfloat16 and cache.k.dtype == jnp.float32
+    assert np.abs(np.asarray(cache.k[0, 0, :, :3], np.float32)).sum() > 0  # written

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from viasd_jax import model as M
-from viasd_jax.cache import KVCache, init_cache, with_lengths
+from viasd_jax.cache import KVCache, with_lengths
 from viasd_jax.config import ModelConfig
 from viasd_jax.params import Params
 from viasd_jax.sampling import SamplingParams, log_probs, pick, row_keys
@@ -39,10 +39,6 @@ class DrafterSpec:
     @property
     def has_cache(self) -> bool:
         return self.kind in ("model", "self")
-
-
-def init_drafter_cache(spec: DrafterSpec, batch: int, max_len: int, dtype) -> KVCache | None:
-    return init_cache(spec.cfg, batch, max_len, dtype) if spec.has_cache else None
 
 
 def catch_up(params: Params, cfg: ModelConfig, route, tokens, n, live, cache: KVCache):

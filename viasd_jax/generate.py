@@ -20,7 +20,7 @@ import numpy as np
 from viasd_jax import decode as D
 from viasd_jax import drafters as DR
 from viasd_jax import prompts as P
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 from viasd_jax.loading import Model
 from viasd_jax.route import default_route, route_mask
 from viasd_jax.sampling import SamplingParams
@@ -296,9 +296,9 @@ def prepare(
     b = len(ids)
     draft_cache = None
     if spec is not None and spec.has_cache:
-        draft_cache = init_cache(spec.cfg, b, cache_len, (drafter_model or target).dtype)
+        draft_cache = init_cache(spec.cfg, b, cache_len, kv_dtype((drafter_model or target).dtype))
     budget = np.where(np.arange(b) < num_prompts, max_new_tokens, 0)  # padding rows are done at once
-    state = D.init_state(config, tokens, lengths, budget, init_cache(target.config, b, cache_len, target.dtype),
+    state = D.init_state(config, tokens, lengths, budget, init_cache(target.config, b, cache_len, kv_dtype(target.dtype)),
                          draft_cache, _seeds(seed, num_prompts, b))
     if mesh is not None:
         state = SH.put_global(state, SH.state_shardings(mesh, state))

@@ -81,7 +81,7 @@ def _attention(cfg: ModelConfig, q, k_all, v_all, mask):
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
     out = jnp.einsum("bgrts,bgsk->btgrk", probs, v_all)
-    return out.reshape(b, t, cfg.num_heads, kd)
+    return out.reshape(b, t, cfg.num_heads, kd).astype(q.dtype)
 
 
 def _mlp(cfg: ModelConfig, h, w_gate, w_up, w_down):

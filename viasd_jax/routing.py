@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from viasd_jax import layout as LY
 from viasd_jax import model as M
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 from viasd_jax.config import ModelConfig
 from viasd_jax.loading import Model
 from viasd_jax.params import Params
@@ -124,7 +124,7 @@ def _positions(tokens):
 @partial(jax.jit, static_argnames=("cfg",))
 def teacher_logp(params: Params, tokens, positions, *, cfg: ModelConfig):
     """Full model log-probabilities at the scored positions `[B, P, V]`."""
-    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, params.embed.dtype))
+    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, kv_dtype(params.embed.dtype)))
     h = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)
     return jax.nn.log_softmax(M.logits(params, cfg, h), axis=-1)
 
@@ -142,7 +142,7 @@ def _divergence(params, cfg, hidden, positions, valid, teacher):
 @partial(jax.jit, static_argnames=("cfg",))
 def route_divergence(params: Params, tokens, positions, valid, teacher, route, *, cfg: ModelConfig):
     """KL and top-1 agreement of the slim model under `route` ([L, 2] bool or float)."""
-    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, params.embed.dtype),
+    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, kv_dtype(params.embed.dtype)),
                           route)
     return _divergence(params, cfg, hidden, positions, valid, teacher)
 
@@ -152,7 +152,7 @@ def _scan_layers(params: Params, cfg: ModelConfig, x, route, collect: bool):
     Returns (final residual, residual entering every layer `[L, B, T, D]` or None)."""
     b, t = x.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    x, _, streams = M.run_layers(params, cfg, x, pos, init_cache(cfg, b, t, params.embed.dtype), route, collect)
+    x, _, streams = M.run_layers(params, cfg, x, pos, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route, collect)
     return x, streams
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from viasd_jax import model as M
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 from viasd_jax.config import ModelConfig
 from viasd_jax.loading import Model
 from viasd_jax.prompts import bucket
@@ -21,7 +21,7 @@ from viasd_jax.route import route_mask
 def _score(params: Params, tokens: jax.Array, route: jax.Array, *, cfg: ModelConfig) -> jax.Array:
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, params.embed.dtype), route)
+    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route)
     return M.logits(params, cfg, hidden)
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from viasd_jax import model as M
-from viasd_jax.cache import init_cache
+from viasd_jax.cache import init_cache, kv_dtype
 from viasd_jax.params import leaves_of
 
 
@@ -33,7 +33,7 @@ def forward_seconds(model, tokens: int, route=None, repeats: int = 5, cache_len:
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool) if route is None else jnp.asarray(route)
     toks = jnp.ones((1, tokens), jnp.int32)
-    cache = init_cache(cfg, 1, cache_len, model.dtype)
+    cache = init_cache(cfg, 1, cache_len, kv_dtype(model.dtype))
     out, cache = _step(model.params, toks, cache, route, cfg=cfg)
     jax.block_until_ready(out)
     times = []
