@@ -133,3 +133,12 @@ def test_auto_layout_picks_the_kernel_on_cpu_and_falls_back(hf_dirs, monkeypatch
     monkeypatch.setattr(cpu_matvec, "ensure", unavailable)
     with pytest.warns(UserWarning, match="no compiler in this test"):
         assert LY.resolve("auto") == "input-major"
+
+
+def test_float16_weights_take_xla_dot_or_a_clear_error(hf_dirs):
+    m = viasd_jax.load(hf_dirs["qwen2"], dtype="float16")
+    assert LY.layout_of(m.params) == "input-major"  # "auto" never hands float16 to the kernel
+    out = viasd_jax.generate(m, [[5, 6, 7]], max_new_tokens=4)
+    assert len(out.tokens[0]) == 4
+    with pytest.raises(ValueError, match="float32 or bfloat16 weights, not float16"):
+        viasd_jax.load(hf_dirs["qwen2"], dtype="float16", layout="cpu-kernel")

@@ -78,13 +78,19 @@ def check(layout: str) -> str:
     return layout
 
 
-def resolve(layout: str, *, quantize: str | None = None, mesh=None) -> str:
-    """The concrete layout for `layout`; "auto" is "cpu-kernel" for float weights on one
-    CPU when the kernel builds here, else "input-major" (XLA's own dot: GPU, TPU,
-    meshes, int8, or no C++ compiler, which is warned about once)."""
+KERNEL_DTYPES = ("float32", "bfloat16")
+
+
+def resolve(layout: str, *, quantize: str | None = None, mesh=None, dtype=None) -> str:
+    """The concrete layout for `layout`; "auto" is "cpu-kernel" for float32 or bfloat16
+    weights (`dtype`; None: either) on one CPU when the kernel builds here, else
+    "input-major" (XLA's own dot: GPU, TPU, meshes, int8, float16, or no C++ compiler,
+    which is warned about once)."""
     if check(layout) != "auto":
         return layout
     if jax.default_backend() != "cpu" or mesh is not None or quantize is not None:
+        return "input-major"
+    if dtype is not None and jnp.dtype(dtype).name not in KERNEL_DTYPES:
         return "input-major"
     from viasd_jax import cpu_matvec
 
@@ -130,16 +136,20 @@ def to_input_major(params, cfg):
 
 def apply(params, cfg, layout: str):
     """`params` in `layout` (one of `LAYOUTS`; "auto" as `resolve` picks it)."""
-    layout = resolve(layout)
+    w = params.layers.wq
+    w = w.w if isinstance(w, OutputMajor) else w
+    layout = resolve(layout, dtype=getattr(w, "dtype", None))
     if layout == "input-major":
         return to_input_major(params, cfg)
     if layout == "cpu-kernel":
         from viasd_jax import cpu_matvec
         from viasd_jax.quant import Int8Weight
 
-        wq = params.layers.wq
-        if isinstance(wq.w if isinstance(wq, OutputMajor) else wq, Int8Weight):
+        if isinstance(w, Int8Weight):
             raise ValueError("layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not int8")
+        if w.dtype.name not in KERNEL_DTYPES:
+            raise ValueError(f"layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not {w.dtype.name}; "
+                             "load with dtype='float32' or 'bfloat16', or layout='input-major'")
         cpu_matvec.ensure()
     return to_output_major(params, cfg, kernel=layout == "cpu-kernel")
 

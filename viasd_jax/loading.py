@@ -135,7 +135,7 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
         from viasd_jax.quant import quantize_params
 
         params = quantize_params(params, cfg, quantize)
-    layout = LY.resolve(layout, quantize=quantize, mesh=mesh)
+    layout = LY.resolve(layout, quantize=quantize, mesh=mesh, dtype=params.embed.dtype)
     if layout != "input-major":
         params = LY.apply(params, cfg, layout)
     if mesh is not None:
