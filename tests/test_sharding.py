@@ -40,16 +40,26 @@ def test_needs_eight_devices():
     assert len(jax.devices()) >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (conftest sets it)"
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_same_tokens_as_one_device(wide, shape):
-    hf_dir, ckpt, drafter = wide
+def mode_options(drafter):
+    return (dict(mode="ar"), dict(drafter=drafter, route=[0, 3], lossless=True, gamma=3),
+            dict(drafter=drafter, route=[0, 3], tau_accept=0.6, tau_slim=0.4, gamma=3),
+            dict(drafter="lookup", route=[0, 2, 3], lossless=True))
+
+
+@pytest.fixture(scope="module")
+def one_device(wide):
+    """Each mode's output on one device, computed once for all meshes."""
+    _, ckpt, drafter = wide
     one = viasd_jax.load(ckpt)
+    return [viasd_jax.generate(one, PROMPTS, max_new_tokens=16, **kw) for kw in mode_options(drafter)]
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_same_tokens_as_one_device(wide, one_device, shape):
+    _, ckpt, drafter = wide
     mesh = SH.make_mesh(*shape)
     sharded = viasd_jax.load(ckpt, mesh=mesh)
-    for kw in (dict(mode="ar"), dict(drafter=drafter, route=[0, 3], lossless=True, gamma=3),
-               dict(drafter=drafter, route=[0, 3], tau_accept=0.6, tau_slim=0.4, gamma=3),
-               dict(drafter="lookup", route=[0, 2, 3], lossless=True)):
-        ref = viasd_jax.generate(one, PROMPTS, max_new_tokens=16, **kw)
+    for kw, ref in zip(mode_options(drafter), one_device):
         got = viasd_jax.generate(sharded, PROMPTS, max_new_tokens=16, mesh=mesh, **kw)
         assert got.tokens == ref.tokens, kw
         assert got.stats["drafted"] == ref.stats["drafted"]
