@@ -1,10 +1,7 @@
 import os
 import sys
 
-# Eight CPU devices for the mesh tests; set before jax is first imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
-import pytest  # noqa: E402
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -13,6 +10,20 @@ from hf_models import FAMILIES, make_hf_model, make_tokenizer  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--real", action="store_true", help="run tests on the real Qwen2.5-Coder pair (downloads it)")
+
+
+def pytest_configure(config):
+    """XLA flags, set before the first backend use: eight CPU devices for the mesh tests.
+
+    The tiny-model suite is bound by compilation, and LLVM at -O0 cuts its time by a
+    third (docs/testing.md); programs compiled so are the same HLO, only their machine
+    code less optimized. Real-model runs (`--real`) keep full optimization. A caller's
+    own XLA_FLAGS win over both.
+    """
+    flags = ["--xla_force_host_platform_device_count=8"]
+    if not config.getoption("--real"):
+        flags.append("--xla_backend_optimization_level=0")
+    os.environ.setdefault("XLA_FLAGS", " ".join(flags))
 
 
 def pytest_collection_modifyitems(config, items):
