@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from viasd_jax.cli import main
+from viasd_jax.cli import default_drafter_dtype, main
 
 
 def test_convert_then_generate(hf_dirs, tmp_path, capsys):
@@ -20,6 +21,11 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "--- prompt 1 ---" in captured.out
     assert "tokens/s" in captured.err
+    # sd drafts with a bfloat16 copy by default (float32 target): the text stays plain greedy's
+    assert main(["generate", "--target", out, "--drafter", out, "--mode", "sd", "--prompts", str(prompts),
+                 "--max-new-tokens", "6"]) == 0
+    plain = captured.out[captured.out.index("--- prompt 0"):]  # after convert's "wrote ..." line
+    assert capsys.readouterr().out == plain
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -55,3 +61,10 @@ def test_bad_input_is_one_line(hf_dirs, capsys, argv, message):
 def test_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "viasd_jax.cli", "generate", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--max-new-tokens" in out.stdout
+
+
+def test_generate_drafts_in_bfloat16_under_a_float32_target():
+    assert default_drafter_dtype(None, np.dtype("float32"), None, None) == "bfloat16"
+    assert default_drafter_dtype("float32", np.dtype("float32"), None, None) == "float32"  # asked for
+    assert default_drafter_dtype(None, np.dtype("float32"), None, "int8") is None  # int8 keeps the checkpoint's
+    assert default_drafter_dtype(None, np.dtype("bfloat16"), "bfloat16", None) == "bfloat16"
