@@ -68,8 +68,9 @@ def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto"):
 def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None, quantize: str | None):
     """The drafter's dtype for `viasd generate`: `requested` if given; else bfloat16 under a
     float32, unquantized target (a drafter only proposes: lossless output is unchanged, and
-    sd ran 1.13x faster per request on the 48 dev prompts, docs/performance.md); else
-    `dtype` (None keeps the checkpoint's)."""
+    sd ran 1.13x faster per request on the 48 dev prompts, docs/performance.md; lossy via's
+    tier-A accepts read the drafter, so its text may change: agreement 0.822 either way on
+    6 prompts); else `dtype` (None keeps the checkpoint's)."""
     if requested:
         return requested
     if quantize is None and str(target_dtype) == "float32":
