@@ -83,13 +83,11 @@ inline void load_pairs(const uint16_t* p, Vec& even, Vec& odd) {
 template <typename T>
 constexpr int64_t kStep = std::is_same_v<T, uint16_t> ? 2 * kLanes : kLanes;  // k per vector step
 
-// Rows [n, n + R) of W times activation rows [0, M): y[m, n + r] = sum_k x[m, k] w[n + r, k].
-// For bfloat16 weights and float32 `x`, `x` is in `split_pairs` order up to the last full step.
+// Adds x[m, k] * w[n + r, k] over k in [k0, k1) (whole vector steps) into acc[m][r], lane
+// by lane. For bfloat16 weights and float32 `x`, `x` is in `split_pairs` order.
 template <int M, int R, typename T, typename X>
-void row_block(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n) {
-  Vec acc[M][R] = {};
-  const int64_t k_vec = K - K % kStep<T>;
-  for (int64_t k = 0; k < k_vec; k += kStep<T>) {
+inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int64_t n, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; k += kStep<T>) {
     // Several x rows (or the bfloat16 widening) make this loop busy enough that the
     // hardware prefetcher alone falls behind; one float32 row is pure streaming.
     if constexpr (M > 1 || std::is_same_v<T, uint16_t>)
@@ -123,12 +121,28 @@ void row_block(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n
       }
     }
   }
+}
+
+template <typename T>
+int64_t vector_part(int64_t K) { return K - K % kStep<T>; }
+
+// y[m, n + r] from the lane sums of acc[m][r] and the k past the last whole vector step.
+template <int M, int R, typename T, typename X>
+inline void finish(const T* w, const X* x, const Vec (&acc)[M][R], float* y, int64_t K, int64_t N, int64_t n) {
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) {
       float s = lane_sum(acc[m][r]);
-      for (int64_t k = k_vec; k < K; ++k) s += widen(x[m * K + k]) * widen(w[(n + r) * K + k]);
+      for (int64_t k = vector_part<T>(K); k < K; ++k) s += widen(x[m * K + k]) * widen(w[(n + r) * K + k]);
       y[m * N + n + r] = s;
     }
+}
+
+// Rows [n, n + R) of W times activation rows [0, M): y[m, n + r] = sum_k x[m, k] w[n + r, k].
+template <int M, int R, typename T, typename X>
+void row_block(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n) {
+  Vec acc[M][R] = {};
+  accumulate<M, R>(w, x, acc, K, n, 0, vector_part<T>(K));
+  finish<M, R>(w, x, acc, y, K, N, n);
 }
 
 // Activation rows [0, M) against rows [n0, n1) of W, R rows of W at a time.
@@ -137,6 +151,45 @@ void sweep(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n0, i
   int64_t n = n0;
   for (; n + R <= n1; n += R) row_block<M, R>(w, x, y, K, N, n);
   for (; n < n1; ++n) row_block<M, 1>(w, x, y, K, N, n);
+}
+
+constexpr int64_t kChunkRows = 48;  // rows of W per unit of work: a multiple of 3 and 4
+constexpr int64_t kBlockBytes = 2048;  // of each x row per K block: a group's block stays in L1
+
+// As `row_block`, but accumulating k in [k0, k1) onto partial sums kept in `partial`
+// ([row - n0][m] vectors) between calls.
+template <int M, int R, typename T, typename X>
+void row_block_part(const T* w, const X* x, Vec* partial, int64_t K, int64_t n, int64_t n0, int64_t k0, int64_t k1) {
+  Vec acc[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = partial[(n + r - n0) * M + m];
+  accumulate<M, R>(w, x, acc, K, n, k0, k1);
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) partial[(n + r - n0) * M + m] = acc[m][r];
+}
+
+// `sweep` for prefill's many activation rows, where the multiply-adds, not memory,
+// bound the time: walking all of K per row of W streamed each group's whole x rows
+// from L2 at every step. Here K is walked in blocks, all rows of the chunk per block,
+// so the group's x block stays in L1. The partial sums stay vectors between blocks, so
+// every output adds the same products in the same order as `row_block` does: a row's
+// result does not depend on how many rows share the call.
+template <int M, int R, typename T, typename X>
+void sweep_blocked(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  Vec partial[kChunkRows * M] = {};
+  constexpr int64_t block = kBlockBytes / sizeof(X) / kStep<T> * kStep<T>;
+  const int64_t k_vec = vector_part<T>(K);
+  for (int64_t k0 = 0; k0 < k_vec; k0 += block) {
+    const int64_t k1 = std::min(k_vec, k0 + block);
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) row_block_part<M, R>(w, x, partial, K, n, n0, k0, k1);
+    for (; n < n1; ++n) row_block_part<M, 1>(w, x, partial, K, n, n0, k0, k1);
+  }
+  for (int64_t n = n0; n < n1; ++n) {
+    Vec acc[M][1];
+    for (int m = 0; m < M; ++m) acc[m][0] = partial[(n - n0) * M + m];
+    finish<M, 1>(w, x, acc, y, K, N, n);
+  }
 }
 
 // Rows of W per step for a group of m activation rows: m * R accumulators, R weight
@@ -152,24 +205,29 @@ constexpr int rows_per_step(int m) {
 template <typename T, typename X>
 using SweepFn = void (*)(const T*, const X*, float*, int64_t, int64_t, int64_t, int64_t);
 
-// sweep<m, rows_per_step(m)> for m = 1..9, indexed by m - 1.
-template <typename T, typename X, int... Ms>
+// sweep<m, rows_per_step(m)> (or sweep_blocked) for m = 1..9, indexed by m - 1.
+template <typename T, typename X, bool Blocked, int... Ms>
 constexpr std::array<SweepFn<T, X>, sizeof...(Ms)> sweep_table(std::integer_sequence<int, Ms...>) {
+  if constexpr (Blocked) return {&sweep_blocked<Ms + 1, rows_per_step<T, X>(Ms + 1), T, X>...};
   return {&sweep<Ms + 1, rows_per_step<T, X>(Ms + 1), T, X>...};
 }
 
-// A group of 1 to 9 activation rows against rows [n0, n1) of W.
+// A group of 1 to 9 activation rows against rows [n0, n1) of W (`blocked`: see `sweep_blocked`).
 template <typename T, typename X>
-void group(const T* w, const X* x, float* y, int64_t G, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  static constexpr auto table = sweep_table<T, X>(std::make_integer_sequence<int, 9>{});
-  table[G - 1](w, x, y, K, N, n0, n1);
+void group(const T* w, const X* x, float* y, int64_t G, int64_t K, int64_t N, int64_t n0, int64_t n1, bool blocked) {
+  static constexpr auto direct = sweep_table<T, X, false>(std::make_integer_sequence<int, 9>{});
+  static constexpr auto in_blocks = sweep_table<T, X, true>(std::make_integer_sequence<int, 9>{});
+  (blocked ? in_blocks : direct)[G - 1](w, x, y, K, N, n0, n1);
 }
 
 // All M activation rows against rows [n0, n1) of W, in groups of at most 9 (a chunk's
-// rows of W stay in cache between groups).
+// rows of W stay in cache between groups). Up to 9 rows (decoding, verification) stream
+// W once along all of K; more (prefill) take the K blocks of `sweep_blocked`.
 template <typename T, typename X>
 void rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  for (int64_t m = 0; m < M; m += 9) group(w, x + m * K, y + m * N, std::min<int64_t>(M - m, 9), K, N, n0, n1);
+  const bool blocked = M > 9;
+  for (int64_t m = 0; m < M; m += 9)
+    group(w, x + m * K, y + m * N, std::min<int64_t>(M - m, 9), K, N, n0, n1, blocked);
 }
 
 // Splits rows of W into chunks that the caller and the pool's threads claim in turn.
@@ -178,8 +236,6 @@ struct Job {
   std::atomic<int64_t> next{0}, done{0};
   int64_t chunks = 0;
 };
-
-constexpr int64_t kChunkRows = 48;  // a multiple of 3 and 4
 
 // x rows with each full block of 2 * kLanes reordered to its even elements, then its
 // odd ones (the order `load_pairs` widens bfloat16 weights in); the tail stays as is.
