@@ -121,6 +121,26 @@ def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
         np.testing.assert_array_equal(together[i:i + 1], alone)
 
 
+def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):
+    """The kernel layout looks up a bfloat16 model's embeddings by row (the same values
+    as `jnp.take`), so the compiled program holds no float32 copy of the table: XLA's
+    CPU gather converts a whole 16-bit table per call (docs/performance.md)."""
+    import jax
+    import jax.numpy as jnp
+
+    from viasd_jax import model as MD
+
+    m = viasd_jax.load(hf_dirs["qwen2"], dtype="bfloat16")
+    assert LY.layout_of(m.params) == "cpu-kernel"
+    tokens = jnp.asarray([[3, 0, 7], [m.config.vocab_size - 1, 5, 5]], jnp.int32)
+    got = jax.jit(MD.embed, static_argnums=1)(m.params, m.config, tokens)
+    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)),
+                                  np.asarray(m.params.embed.astype(jnp.float32))[np.asarray(tokens)])
+    v, d = m.params.embed.shape
+    program = jax.jit(MD.embed, static_argnums=1).lower(m.params, m.config, tokens).compile().as_text()
+    assert f"f32[{v},{d}]" not in program
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag")
 def test_kernel_compiles_without_avx512_bf16():
     """Where the compiler may not use AVX-512 BF16, bfloat16 activations take the widening path."""

@@ -1,4 +1,5 @@
-"""The compiled CPU matrix-vector kernel (`csrc/matvec.cc`) behind `layout="cpu-kernel"`.
+"""The compiled CPU matrix-vector kernel (`csrc/matvec.cc`) behind `layout="cpu-kernel"`,
+and a row lookup for 16-bit embedding tables that goes with it.
 
 XLA's CPU backend streams a decoding step's weights at about a quarter of this
 machine's memory bandwidth (docs/performance.md); the kernel multiplies the few
@@ -6,7 +7,7 @@ activation rows of a decoding step by output-major weights at close to it. It is
 compiled on first use with the system's C++ compiler (`$CXX`, else `c++` / `g++`)
 for this CPU (`-march=native`) and cached under `~/.cache/viasd-jax/kernels`, keyed by
 the source, the jaxlib headers and the CPU's feature flags; then registered with
-XLA as the FFI target `viasd_matvec`.
+XLA as the FFI targets `viasd_matvec` and `viasd_take_rows`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 TARGET = "viasd_matvec"
+TAKE_ROWS = "viasd_take_rows"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "matvec.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -86,6 +89,7 @@ def ensure() -> None:
         raise KernelUnavailable(f"layout 'cpu-kernel' runs on the CPU backend, not {jax.default_backend()!r}")
     lib = ctypes.cdll.LoadLibrary(build())
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ViasdMatvec), platform="cpu")
+    jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
 def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
@@ -101,3 +105,14 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
     out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     return call(x if both_bf16 else x.astype(jnp.float32), w, jnp.asarray(layer, jnp.int32))
+
+
+def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """`table [V, D]` rows at `tokens` (any shape, clipped to the table) -> `[*tokens.shape, D]`.
+
+    For 16-bit tables on the CPU backend: there XLA gathers them in float32 and converts
+    the whole table to do so on every program call (`csrc/matvec.cc`)."""
+    ensure()
+    out = jax.ShapeDtypeStruct((math.prod(tokens.shape), table.shape[1]), table.dtype)
+    rows = jax.ffi.ffi_call(TAKE_ROWS, out, vmap_method="sequential")(table, tokens.reshape(-1).astype(jnp.int32))
+    return rows.reshape(*tokens.shape, table.shape[1])
