@@ -6,11 +6,12 @@
 // is a runtime operand, so a kernel inside lax.scan reads the stacked weights in place
 // instead of receiving a sliced copy. Rows of W are split across XLA's intra-op thread
 // pool; each block of R rows is read once from memory and multiplied by up to 9 x rows
-// held in registers (more rows: again, from cache).
+// held in registers (more rows: again, from cache, prefill's in K blocks).
 // Weights may be float32 or bfloat16, activations float32 (bfloat16 weights are then
 // widened in registers) or, with bfloat16 weights, bfloat16: those pairs take AVX-512
 // BF16's dot-product instruction (twice the multiply-adds per instruction of float32
 // FMAs, no widening) where the compiler targets it. Accumulation is float32 throughout.
+// The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
 #include <array>
@@ -169,10 +170,10 @@ void row_block_part(const T* w, const X* x, Vec* partial, int64_t K, int64_t n, 
     for (int r = 0; r < R; ++r) partial[(n + r - n0) * M + m] = acc[m][r];
 }
 
-// `sweep` for prefill's many activation rows, where the multiply-adds, not memory,
-// bound the time: walking all of K per row of W streamed each group's whole x rows
-// from L2 at every step. Here K is walked in blocks, all rows of the chunk per block,
-// so the group's x block stays in L1. The partial sums stay vectors between blocks, so
+// `sweep` for prefill's many activation rows, where multiply-adds rather than memory
+// bound the time: walking all of K per block of W rows re-read the group's whole x
+// rows from L2 at every step. Here K is walked in blocks, all rows of the chunk per
+// block, so the group's x block stays in L1 (1.10-1.14x on the 1.5B's prefill). The partial sums stay vectors between blocks, so
 // every output adds the same products in the same order as `row_block` does: a row's
 // result does not depend on how many rows share the call.
 template <int M, int R, typename T, typename X>
