@@ -119,6 +119,10 @@ def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
     for i in (0, 9, 19):
         alone = np.asarray(call(jnp.asarray(x[i:i + 1]), jnp.asarray(w), jnp.int32(1)))
         np.testing.assert_array_equal(together[i:i + 1], alone)
+    for live in (0, 7, 12):  # only the leading `live` rows are computed, the rest are zero
+        part = np.asarray(call(jnp.asarray(x), jnp.asarray(w), jnp.int32(1), jnp.int32(live)))
+        np.testing.assert_array_equal(part[:live], together[:live])
+        assert not part[live:].any()
 
 
 def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):

@@ -92,19 +92,22 @@ def ensure() -> None:
     jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
-def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
+def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
     """`x [M, K] @ w[layer].T` for output-major `w [L, N, K]` (or `[N, K]`, layer 0) -> `[M, N]` float32.
 
     `w` is float32 or bfloat16; `layer` may be traced (the kernel reads the stacked
     weights in place, so a scan over layers copies nothing). bfloat16 `x` against
     bfloat16 `w` stays bfloat16 (the kernel's dot-product path); any other `x` is read
-    as float32. Not differentiable.
+    as float32. `live` (may be traced; default M): only the first `live` rows are
+    computed, the rest come out zero; each row's result is the same whatever the
+    number of rows. Not differentiable.
     """
     ensure()
     both_bf16 = x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16
     out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-    return call(x if both_bf16 else x.astype(jnp.float32), w, jnp.asarray(layer, jnp.int32))
+    live = x.shape[0] if live is None else live
+    return call(x if both_bf16 else x.astype(jnp.float32), w, jnp.asarray(layer, jnp.int32), jnp.asarray(live, jnp.int32))
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

@@ -47,11 +47,14 @@ class OutputMajor:
     """A matrix stored with its contracted axes last (`w` may be an `Int8Weight`).
 
     `kernel` computes it with the compiled CPU kernel; `layer` is set (a traced index)
-    while one layer of a stacked kernel weight is selected, `w` staying the whole stack.
+    while one layer of a stacked kernel weight is selected, `w` staying the whole stack,
+    and `live` (traced, optional) tells the kernel how many leading activation rows
+    are real tokens (`cpu_matvec.matvec`).
     """
 
     w: object
     layer: jax.Array | None = None
+    live: jax.Array | None = None
     kernel: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
@@ -163,11 +166,12 @@ def is_output_major(params) -> bool:
     return layout_of(params) != "input-major"
 
 
-def select_layer(w, idx):
+def select_layer(w, idx, live=None):
     """Layer `idx` of a stacked matrix leaf: a slice, or for a kernel weight the stack
-    tagged with `idx` (the kernel reads the layer in place; a slice would be a copy)."""
+    tagged with `idx` (the kernel reads the layer in place; a slice would be a copy)
+    and with `live`, the number of leading activation rows the kernel computes."""
     if isinstance(w, OutputMajor) and w.kernel:
-        return OutputMajor(w.w, layer=idx, kernel=True)
+        return OutputMajor(w.w, layer=idx, live=live, kernel=True)
     return jax.tree.map(lambda a: a[idx], w)
 
 
@@ -209,7 +213,7 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     out_shape, k_shape = body[: len(body) - n_contracted], body[len(body) - n_contracted:]
     w3 = data.reshape(*lead, math.prod(out_shape), math.prod(k_shape))  # a bitcast: no copy
     batch_shape = x.shape[: x.ndim - n_contracted]
-    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0)
+    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live)
     return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
 
 

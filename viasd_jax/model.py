@@ -119,6 +119,15 @@ def _mlp_block(cfg, lp, x):
     return rms_norm(m, lp.post_mlp_norm, cfg) if cfg.post_norms else m
 
 
+def live_rows(positions: jax.Array) -> jax.Array:
+    """Rows of the flattened window `[B * T]` up to its last real token (position >= 0).
+
+    The kernel computes only these; the trailing padding after them (a prefill chunk's
+    tail at batch 1) is neither written to the cache nor attended, so no row reads it."""
+    real = positions.reshape(-1) >= 0
+    return jnp.max(jnp.where(real, jnp.arange(1, real.shape[0] + 1), 0))
+
+
 def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq):
     """Layer `idx` under its route row `[2]` (attention, MLP).
 
@@ -128,7 +137,8 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
     """
 
     def layer_params():
-        return jax.tree.map(lambda w: select_layer(w, idx), layers, is_leaf=lambda w: isinstance(w, OutputMajor))
+        live = live_rows(positions)
+        return jax.tree.map(lambda w: select_layer(w, idx, live), layers, is_leaf=lambda w: isinstance(w, OutputMajor))
 
     def attn(c):
         o, ck, cv = _attn_block(cfg, layer_params(), idx, window, *c, positions, inv_freq)

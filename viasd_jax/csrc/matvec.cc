@@ -284,16 +284,22 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
   while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
 }
 
+// `live`: only x's first `live` rows are computed, the others' outputs are zero (a
+// window's trailing padding, whose results nobody reads; rows are independent, so the
+// live rows' results are the same either way).
 ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
-                  ffi::ResultBuffer<ffi::F32> y) {
+                  ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3))
     return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K] and w [N, K] or [L, N, K]");
-  const int64_t M = xd[0], K = xd[1], N = wd[wd.size() - 2], L = wd.size() == 3 ? wd[0] : 1;
+  const int64_t K = xd[1], N = wd[wd.size() - 2], L = wd.size() == 3 ? wd[0] : 1;
+  const int64_t M = std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]);
   if (wd[wd.size() - 1] != K) return ffi::Error::InvalidArgument("viasd matvec: x and w disagree on K");
   const int64_t l = layer.typed_data()[0];
   if (l < 0 || l >= L) return ffi::Error::InvalidArgument("viasd matvec: layer index out of range");
   float* out = y->typed_data();
+  std::memset(out + M * N, 0, (xd[0] - M) * N * sizeof(float));
+  if (M == 0) return ffi::Error::Success();
   const auto xt = x.element_type(), wt = w.element_type();
   const float* xf = static_cast<const float*>(x.untyped_data());
   const uint16_t* wh = static_cast<const uint16_t*>(w.untyped_data()) + l * N * K;
@@ -320,6 +326,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvec, matvec,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
