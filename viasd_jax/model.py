@@ -128,8 +128,8 @@ def live_rows(positions: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(real, jnp.arange(1, real.shape[0] + 1), 0))
 
 
-def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq):
-    """Layer `idx` under its route row `[2]` (attention, MLP).
+def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq, live):
+    """Layer `idx` under its route row `[2]` (attention, MLP); `live` as `live_rows` gives it.
 
     A bool row skips sublayers under `lax.cond`: weights are sliced inside the taken
     branch, so a skipped sublayer reads neither weights nor cache. A float row scales
@@ -137,7 +137,6 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
     """
 
     def layer_params():
-        live = live_rows(positions)
         return jax.tree.map(lambda w: select_layer(w, idx, live), layers, is_leaf=lambda w: isinstance(w, OutputMajor))
 
     def attn(c):
@@ -159,7 +158,7 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
 def take_rows(params: Params, table: jax.Array, tokens: jax.Array) -> jax.Array:
     """`table[tokens]`; a 16-bit table under the CPU kernel is read by the kernel's row
     lookup: XLA's CPU backend gathers 16-bit floats in float32, converting the whole
-    table on every program call (0.1-0.2 s for a 150k-token vocabulary)."""
+    table on every program call."""
     if table.dtype.itemsize == 2 and layout_of(params) == "cpu-kernel":
         from viasd_jax import cpu_matvec
 
@@ -210,10 +209,11 @@ def run_layers(params: Params, cfg: ModelConfig, x: jax.Array, positions: jax.Ar
         route = jnp.stack([route, route], axis=-1)
     inv_freq = rope_inv_freq(cfg)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
+    live = live_rows(positions)  # once per forward, not per layer inside the scan
 
     def body(carry, xs):
         idx, route_row, window = xs
-        out = _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq)
+        out = _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq, live)
         return out, carry[0] if collect else None
 
     xs = (jnp.arange(cfg.num_layers), route, windows)
