@@ -173,9 +173,10 @@ void row_block_part(const T* w, const X* x, Vec* partial, int64_t K, int64_t n, 
 // `sweep` for prefill's many activation rows, where multiply-adds rather than memory
 // bound the time: walking all of K per block of W rows re-read the group's whole x
 // rows from L2 at every step. Here K is walked in blocks, all rows of the chunk per
-// block, so the group's x block stays in L1 (1.10-1.14x on the 1.5B's prefill). The partial sums stay vectors between blocks, so
-// every output adds the same products in the same order as `row_block` does: a row's
-// result does not depend on how many rows share the call.
+// block, so the group's x block stays in L1 (1.10x on the 1.5B's prefill). The
+// partial sums stay vectors between blocks, so every output adds the same products in
+// the same order as `row_block` does: a row's result does not depend on how many rows
+// share the call.
 template <int M, int R, typename T, typename X>
 void sweep_blocked(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
   Vec partial[kChunkRows * M] = {};
@@ -334,8 +335,7 @@ namespace {
 
 // Rows of a table by index, out[t] = table[clamp(ids[t], 0, V - 1)]: the embedding
 // lookup of bfloat16 models. XLA's CPU backend gathers 16-bit floats in float32, and
-// converts the whole table for it on every call of a program that embeds tokens (a
-// 150k-token vocabulary: 0.1-0.2 s per call).
+// converts the whole table for it on every call of a program that embeds tokens.
 ffi::Error take_rows(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids, ffi::Result<ffi::AnyBuffer> out) {
   const auto td = table.dimensions();
   if (td.size() != 2) return ffi::Error::InvalidArgument("viasd take_rows: the table must be [V, D]");
