@@ -136,7 +136,7 @@ def test_bench_layout_overrides_share_one_copy(pair):
     names = ["viasd-ar", "viasd-ar@layout=output-major", "viasd-sd@layout=output-major:drafter_layout=output-major",
              "viasd-ar@quantize=int8"]
     ar, ar_om, sd_om, ar_q = make_systems(names, t, target, "float32", drafter=d, drafter_path=drafter)
-    assert type(ar_q.target.params.layers.wq).__name__ == "Int8Weight"
+    assert type(ar_q.target.params.layers.wq.w).__name__ == "Int8Weight"  # int8 through the CPU kernel
     assert ar.target is t and is_output_major(ar_om.target.params)
     assert sd_om.target is ar_om.target and is_output_major(sd_om.options["drafter"].params)
     prompt = [5, 6, 7, 8]
@@ -170,9 +170,10 @@ def test_bench_drafter_and_width_overrides(pair):
     target, drafter, _ = pair
     t, d = viasd_jax.load(target), viasd_jax.load(drafter)
     names = ["viasd-ar", "viasd-sd@drafter=lookup:gamma=6:verify_widths=1+3", "viasd-via@drafter=self:verify_widths=none",
-             "viasd-sd@drafter_dtype=bfloat16", "viasd-via-lossless@drafter_dtype=bfloat16"]
-    ar, sd_lookup, via_self, sd_bf16, lossless_bf16 = make_systems(names, t, target, "float32", drafter=d,
-                                                                   drafter_path=drafter)
+             "viasd-sd@drafter_dtype=bfloat16", "viasd-via-lossless@drafter_dtype=bfloat16",
+             "viasd-sd@drafter_dtype=bfloat16:drafter_quantize=int8"]
+    ar, sd_lookup, via_self, sd_bf16, lossless_bf16, sd_int8 = make_systems(names, t, target, "float32", drafter=d,
+                                                                            drafter_path=drafter)
     assert sd_lookup.options["drafter"] == "lookup" and sd_lookup.options["gamma"] == 6
     assert via_self.options["drafter"] == "self" and "self_route" in via_self.options
     assert sd_bf16.options["drafter"] is lossless_bf16.options["drafter"]  # one bfloat16 copy, shared
@@ -181,6 +182,8 @@ def test_bench_drafter_and_width_overrides(pair):
     want = ar.run(prompt, 8).tokens
     assert sd_lookup.run(prompt, 8).tokens == want
     assert sd_bf16.run(prompt, 8).tokens == want and lossless_bf16.run(prompt, 8).tokens == want
+    assert type(sd_int8.options["drafter"].params.layers.wq.w).__name__ == "Int8Weight" and sd_int8.target is t
+    assert str(sd_int8.options["drafter"].dtype) == "bfloat16" and sd_int8.run(prompt, 8).tokens == want
     with pytest.raises(ValueError, match="drafter override takes 'lookup' or 'self'"):
         make_systems(["viasd-ar@drafter=lookup"], t, target, "float32")
 

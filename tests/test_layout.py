@@ -41,15 +41,32 @@ def test_output_major_generation_equals_input_major(tiny, layout):
     assert viasd_jax.generate(om, prompts, drafter=om, route=[0, 3], lossless=True, max_new_tokens=12).tokens == ar
 
 
-def test_output_major_int8_equals_input_major_int8(tiny):
+@pytest.mark.parametrize("layout", ["output-major", "cpu-kernel"])
+def test_output_major_int8_equals_input_major_int8(tiny, layout):
     qm = quantize(tiny["llama"])
-    oq = dataclasses.replace(qm, params=LY.to_output_major(qm.params, qm.config))
+    oq = dataclasses.replace(qm, params=LY.apply(qm.params, qm.config, layout))
     assert isinstance(oq.params.layers.wo, LY.OutputMajor) and isinstance(oq.params.layers.wo.w, Int8Weight)
+    assert LY.layout_of(oq.params) == layout
     toks = np.random.RandomState(1).randint(3, 96, size=(1, 7))
     np.testing.assert_allclose(viasd_jax.score(oq, toks), viasd_jax.score(qm, toks), rtol=1e-4, atol=1e-4)
     for quantized in (oq, qm):
         with pytest.raises(ValueError, match="already quantized"):
             quantize(quantized)
+
+
+def test_int8_bfloat16_drafter_keeps_lossless_output_exact(hf_dirs):
+    """An int8 drafter computing in bfloat16 (the kernel's int8 dot-product path) under a
+    float32 target: it only proposes, so sd and lossless via give plain greedy's tokens."""
+    target = viasd_jax.load(hf_dirs["qwen2"])
+    drafter = viasd_jax.load(hf_dirs["qwen2"], dtype="bfloat16", quantize="int8")
+    assert LY.layout_of(drafter.params) == "cpu-kernel" and isinstance(drafter.params.layers.w_up.w, Int8Weight)
+    assert str(drafter.dtype) == "bfloat16"  # activations stay bfloat16 over int8 matrices
+    prompts = [[5, 17, 33, 8, 9, 40, 41, 5, 17], [7, 3, 44]]
+    ar = viasd_jax.generate(target, prompts, max_new_tokens=12).tokens
+    sd = viasd_jax.generate(target, prompts, drafter=drafter, mode="sd", max_new_tokens=12)
+    assert sd.tokens == ar and sd.stats["drafted"] > 0
+    assert viasd_jax.generate(target, prompts, drafter=drafter, route=[0, 1], lossless=True,
+                              max_new_tokens=12).tokens == ar
 
 
 def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
@@ -67,60 +84,77 @@ def test_load_layout_option_and_checkpoint_round_trip(hf_dirs, tmp_path):
         viasd_jax.load(hf_dirs["qwen2"], layout="output-major", mesh=viasd_jax.make_mesh(1, 2))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16 activations"])
+def _kernel_operands(rng, dtype: str, w: np.ndarray, x: np.ndarray):
+    """(x, w, scale or None) for a kernel path: "float32", "bfloat16" (weights), "bfloat16
+    activations" (both), "int8" (weights, one scale per row), "int8, bfloat16 activations"."""
+    import ml_dtypes
+
+    scale = None
+    if dtype.startswith("int8"):
+        scale = rng.uniform(0.5, 2.0, w.shape[:-1]).astype(np.float32)
+        w = np.clip(np.round(w * 40), -127, 127).astype(np.int8)
+    elif dtype != "float32":
+        w = w.astype(ml_dtypes.bfloat16)
+    if dtype.endswith("bfloat16 activations"):
+        x = x.astype(ml_dtypes.bfloat16)
+    return x, w, scale
+
+
+def _reference(x, w, scale):
+    y = x.astype(np.float32) @ w.astype(np.float32).T
+    return y if scale is None else y * scale
+
+
+KERNEL_PATHS = ["float32", "bfloat16", "bfloat16 activations", "int8", "int8, bfloat16 activations"]
+
+
+@pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     """Tails in every dimension: K not a multiple of the 16 vector lanes, N not of the
     3- or 4-row blocks nor of the 48-row chunk, every token-group size 1-9 and M above
     one group; a stacked weight read at a traced layer."""
     import jax
     import jax.numpy as jnp
-    import ml_dtypes
 
     from viasd_jax import cpu_matvec
 
     rng = np.random.default_rng(0)
+    call = jax.jit(cpu_matvec.matvec)
     # bfloat16 steps 32 columns at a time: two steps and a tail, one step and a tail; 1100
     # spans several of the K blocks that more than 9 rows are summed in, and a tail
     for k in (77, 45, 1100):
-        w = rng.standard_normal((3, 101, k)).astype(np.float32)
-        if dtype != "float32":
-            w = w.astype(ml_dtypes.bfloat16)
         for m in (*range(1, 10), 11, 19):
-            x = rng.standard_normal((m, k)).astype(np.float32)
-            if dtype == "bfloat16 activations":  # the kernel's bfloat16 dot-product path
-                x = x.astype(ml_dtypes.bfloat16)
-            got = jax.jit(cpu_matvec.matvec)(jnp.asarray(x), jnp.asarray(w), jnp.int32(2))
-            want = x.astype(np.float32) @ w[2].astype(np.float32).T
-            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6 * k)  # float32 sums over k
-    np.testing.assert_allclose(np.asarray(cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w[1]))),
-                               x.astype(np.float32) @ w[1].astype(np.float32).T, rtol=1e-5, atol=1e-6 * k)
+            x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((3, 101, k)).astype(np.float32),
+                                           rng.standard_normal((m, k)).astype(np.float32))
+            got = call(jnp.asarray(x), jnp.asarray(w), jnp.int32(2), None, None if scale is None else scale)
+            want = _reference(x, w[2], None if scale is None else scale[2])
+            tol = 1e-6 * k * (1 if scale is None else 40)  # float32 sums over k (int8: of integers up to 127)
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=tol)
+    unstacked = cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w[1]), 0, None, None if scale is None else scale[1])
+    np.testing.assert_allclose(np.asarray(unstacked), _reference(x, w[1], None if scale is None else scale[1]),
+                               rtol=1e-5, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16 activations"])
+@pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
     """A row's result is bitwise the same alone or among 20 rows (prefill's K-blocked path):
     lossless decoding relies on the target scoring a token identically in a 1-token
     step, a verification window and a prefill chunk."""
     import jax
     import jax.numpy as jnp
-    import ml_dtypes
 
     from viasd_jax import cpu_matvec
 
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((2, 50, 1100)).astype(np.float32)
-    x = rng.standard_normal((20, 1100)).astype(np.float32)
-    if dtype != "float32":
-        w = w.astype(ml_dtypes.bfloat16)
-    if dtype == "bfloat16 activations":
-        x = x.astype(ml_dtypes.bfloat16)
-    call = jax.jit(cpu_matvec.matvec)
-    together = np.asarray(call(jnp.asarray(x), jnp.asarray(w), jnp.int32(1)))
+    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 50, 1100)).astype(np.float32),
+                                   rng.standard_normal((20, 1100)).astype(np.float32))
+    x, w = jnp.asarray(x), jnp.asarray(w)
+    call = jax.jit(lambda x, live=None: cpu_matvec.matvec(x, w, jnp.int32(1), live, scale))
+    together = np.asarray(call(x))
     for i in (0, 9, 19):
-        alone = np.asarray(call(jnp.asarray(x[i:i + 1]), jnp.asarray(w), jnp.int32(1)))
-        np.testing.assert_array_equal(together[i:i + 1], alone)
+        np.testing.assert_array_equal(together[i:i + 1], np.asarray(call(x[i:i + 1])))
     for live in (0, 7, 12):  # only the leading `live` rows are computed, the rest are zero
-        part = np.asarray(call(jnp.asarray(x), jnp.asarray(w), jnp.int32(1), jnp.int32(live)))
+        part = np.asarray(call(x, jnp.int32(live)))
         np.testing.assert_array_equal(part[:live], together[:live])
         assert not part[live:].any()
 
@@ -162,9 +196,8 @@ def test_kernel_compiles_without_avx512_bf16():
 def test_kernel_layout_errors(tiny, monkeypatch, tmp_path):
     from viasd_jax import cpu_matvec
 
-    qm = quantize(tiny["llama"])
-    with pytest.raises(ValueError, match="not int8"):
-        LY.apply(qm.params, qm.config, "cpu-kernel")
+    with pytest.raises(ValueError, match="one scale per output row"):
+        cpu_matvec.matvec(np.ones((1, 8), np.float32), np.ones((2, 4, 8), np.int8))
     monkeypatch.setenv("VIASD_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(cpu_matvec.KernelUnavailable, match="no-such-compiler"):
@@ -175,7 +208,7 @@ def test_auto_layout_picks_the_kernel_on_cpu_and_falls_back(hf_dirs, monkeypatch
     from viasd_jax import cpu_matvec
 
     assert LY.layout_of(viasd_jax.load(hf_dirs["qwen2"]).params) == "cpu-kernel"  # the default is "auto"
-    assert LY.resolve("auto", quantize="int8") == "input-major"
+    assert LY.resolve("auto", quantize="int8") == "cpu-kernel"
     assert LY.resolve("auto", mesh=object()) == "input-major"
 
     def unavailable():
@@ -191,5 +224,5 @@ def test_float16_weights_take_xla_dot_or_a_clear_error(hf_dirs):
     assert LY.layout_of(m.params) == "input-major"  # "auto" never hands float16 to the kernel
     out = viasd_jax.generate(m, [[5, 6, 7]], max_new_tokens=4)
     assert len(out.tokens[0]) == 4
-    with pytest.raises(ValueError, match="float32 or bfloat16 weights, not float16"):
+    with pytest.raises(ValueError, match="float32, bfloat16 or int8 weights, not float16"):
         viasd_jax.load(hf_dirs["qwen2"], dtype="float16", layout="cpu-kernel")

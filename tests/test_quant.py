@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import viasd_jax
+from viasd_jax import layout as LY
 from viasd_jax.quant import Int8Weight, quantize, quantize_leaf
 
 
@@ -38,8 +39,8 @@ def test_every_mode_runs_on_int8_and_lossless_stays_exact(tiny):
 
 
 def test_load_with_quantize_and_mesh(hf_dirs):
-    m = viasd_jax.load(hf_dirs["llama"], quantize="int8")
-    assert isinstance(m.params.layers.wq, Int8Weight)
+    m = viasd_jax.load(hf_dirs["llama"], quantize="int8")  # one CPU: the kernel's int8 path
+    assert LY.layout_of(m.params) == "cpu-kernel" and isinstance(m.params.layers.wq.w, Int8Weight)
     with pytest.raises(ValueError, match="unknown quantization"):
         viasd_jax.load(hf_dirs["llama"], quantize="int4")
     mesh = viasd_jax.make_mesh(1, 2)

@@ -7,7 +7,7 @@ activation rows of a decoding step by output-major weights at close to it. It is
 compiled on first use with the system's C++ compiler (`$CXX`, else `c++` / `g++`)
 for this CPU (`-march=native`) and cached under `~/.cache/viasd-jax/kernels`, keyed by
 the source, the jaxlib headers and the CPU's feature flags; then registered with
-XLA as the FFI targets `viasd_matvec` and `viasd_take_rows`.
+XLA as the FFI targets `viasd_matvec`, `viasd_matvec_int8` and `viasd_take_rows`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 TARGET = "viasd_matvec"
+TARGET_INT8 = "viasd_matvec_int8"
 TAKE_ROWS = "viasd_take_rows"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "matvec.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -89,25 +90,35 @@ def ensure() -> None:
         raise KernelUnavailable(f"layout 'cpu-kernel' runs on the CPU backend, not {jax.default_backend()!r}")
     lib = ctypes.cdll.LoadLibrary(build())
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ViasdMatvec), platform="cpu")
+    jax.ffi.register_ffi_target(TARGET_INT8, jax.ffi.pycapsule(lib.ViasdMatvecInt8), platform="cpu")
     jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
-def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
+def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None,
+           scale: jax.Array | None = None) -> jax.Array:
     """`x [M, K] @ w[layer].T` for output-major `w [L, N, K]` (or `[N, K]`, layer 0) -> `[M, N]` float32.
 
-    `w` is float32 or bfloat16; `layer` may be traced (the kernel reads the stacked
-    weights in place, so a scan over layers copies nothing). bfloat16 `x` against
-    bfloat16 `w` stays bfloat16 (the kernel's dot-product path); any other `x` is read
-    as float32. `live` (may be traced; default M): only the first `live` rows are
-    computed, the rest come out zero; each row's result is the same whatever the
-    number of rows. Not differentiable.
+    `w` is float32, bfloat16 or int8; int8 needs `scale`, one float32 per output row
+    (`[L, N]` or `[N]`), and computes `(x @ w[layer].T) * scale[layer]`. `layer` may be
+    traced (the kernel reads the stacked weights in place, so a scan over layers copies
+    nothing). bfloat16 `x` against bfloat16 or int8 `w` stays bfloat16 (the kernel's
+    dot-product path); any other `x` is read as float32. `live` (may be traced;
+    default M): only the first `live` rows are computed, the rest come out zero; each
+    row's result is the same whatever the number of rows. Not differentiable.
     """
     ensure()
-    both_bf16 = x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16
     out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-2]), jnp.float32)
+    layer = jnp.asarray(layer, jnp.int32)
+    live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
+    if w.dtype == jnp.int8:
+        if scale is None or scale.shape != w.shape[:-1]:
+            raise ValueError(f"int8 weights {w.shape} need one scale per output row, shaped {w.shape[:-1]}")
+        call = jax.ffi.ffi_call(TARGET_INT8, out, vmap_method="sequential")
+        x = x if x.dtype == jnp.bfloat16 else x.astype(jnp.float32)
+        return call(x, w, scale.astype(jnp.float32), layer, live)
+    both_bf16 = x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-    live = x.shape[0] if live is None else live
-    return call(x if both_bf16 else x.astype(jnp.float32), w, jnp.asarray(layer, jnp.int32), jnp.asarray(live, jnp.int32))
+    return call(x if both_bf16 else x.astype(jnp.float32), w, layer, live)
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

@@ -85,15 +85,15 @@ KERNEL_DTYPES = ("float32", "bfloat16")
 
 
 def resolve(layout: str, *, quantize: str | None = None, mesh=None, dtype=None) -> str:
-    """The concrete layout for `layout`; "auto" is "cpu-kernel" for float32 or bfloat16
-    weights (`dtype`; None: either) on one CPU when the kernel builds here, else
-    "input-major" (XLA's own dot: GPU, TPU, meshes, int8, float16, or no C++ compiler,
-    which is warned about once)."""
+    """The concrete layout for `layout`; "auto" is "cpu-kernel" for float32, bfloat16 or
+    int8 weights (`dtype` of an unquantized model; None: either float) on one CPU when the
+    kernel builds here, else "input-major" (XLA's own dot: GPU, TPU, meshes, float16, or
+    no C++ compiler, which is warned about once)."""
     if check(layout) != "auto":
         return layout
-    if jax.default_backend() != "cpu" or mesh is not None or quantize is not None:
+    if jax.default_backend() != "cpu" or mesh is not None:
         return "input-major"
-    if dtype is not None and jnp.dtype(dtype).name not in KERNEL_DTYPES:
+    if quantize is None and dtype is not None and jnp.dtype(dtype).name not in KERNEL_DTYPES:
         return "input-major"
     from viasd_jax import cpu_matvec
 
@@ -148,10 +148,8 @@ def apply(params, cfg, layout: str):
         from viasd_jax import cpu_matvec
         from viasd_jax.quant import Int8Weight
 
-        if isinstance(w, Int8Weight):
-            raise ValueError("layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not int8")
-        if w.dtype.name not in KERNEL_DTYPES:
-            raise ValueError(f"layout 'cpu-kernel' multiplies float32 or bfloat16 weights, not {w.dtype.name}; "
+        if not isinstance(w, Int8Weight) and w.dtype.name not in KERNEL_DTYPES:
+            raise ValueError(f"layout 'cpu-kernel' multiplies float32, bfloat16 or int8 weights, not {w.dtype.name}; "
                              "load with dtype='float32' or 'bfloat16', or layout='input-major'")
         cpu_matvec.ensure()
     return to_output_major(params, cfg, kernel=layout == "cpu-kernel")
@@ -207,13 +205,16 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     from viasd_jax import cpu_matvec
 
     stacked = w.layer is not None
-    data = w.w
+    quantized = hasattr(w.w, "q")  # an Int8Weight: int8 rows, one scale per output row
+    data = w.w.q if quantized else w.w
     lead = data.shape[:1] if stacked else ()
     body = data.shape[len(lead):]
     out_shape, k_shape = body[: len(body) - n_contracted], body[len(body) - n_contracted:]
-    w3 = data.reshape(*lead, math.prod(out_shape), math.prod(k_shape))  # a bitcast: no copy
+    n = math.prod(out_shape)
+    w3 = data.reshape(*lead, n, math.prod(k_shape))  # a bitcast: no copy
+    scale = w.w.scale.reshape(*lead, n) if quantized else None
     batch_shape = x.shape[: x.ndim - n_contracted]
-    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live)
+    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live, scale)
     return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
 
 

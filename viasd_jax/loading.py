@@ -33,7 +33,8 @@ class Model:
 
     @property
     def dtype(self):
-        return self.params.embed.dtype
+        """The dtype activations are computed in (int8 matrices included)."""
+        return self.params.final_norm.dtype
 
     def __repr__(self) -> str:
         c = self.config

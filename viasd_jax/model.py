@@ -169,7 +169,8 @@ def take_rows(params: Params, table: jax.Array, tokens: jax.Array) -> jax.Array:
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
     table = params.embed
     if isinstance(table, Int8Weight):
-        x = jnp.take(table.q, tokens, axis=0).astype(table.dtype) * jnp.take(table.scale, tokens, axis=0)
+        q = jnp.take(table.q, tokens, axis=0).astype(jnp.float32)  # XLA gathers int8 rows without a table copy
+        x = (q * jnp.take(table.scale, tokens, axis=0)).astype(params.final_norm.dtype)
     else:
         x = take_rows(params, table, tokens)
     if cfg.embed_scale != 1.0:

@@ -111,10 +111,6 @@ def abstract_params(cfg: ModelConfig, dtype=jnp.float32) -> Params:
     return map_leaf_specs(cfg, lambda _, spec: jax.ShapeDtypeStruct(leaf_shape(cfg, spec), dtype))
 
 
-def params_dtype(params: Params):
-    return params.embed.dtype
-
-
 def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(lambda x: x.astype(dtype), params)
 

@@ -8,8 +8,9 @@ builds its grid this way). `layout=...` / `drafter_layout=...` (`output-major`,
 `cpu-kernel`, or `input-major` when the bench's `--layout` is another) run that
 system on a second copy of the target / drafter in that weight layout, and
 `quantize=int8` on int8 copies of both, `dtype=bfloat16` on bfloat16 copies of both,
-`drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone (each copy loaded
-once, shared by every system that names it). A drafter only proposes, so its dtype
+`drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone, `drafter_quantize=int8`
+on an int8 copy of the drafter alone (each copy loaded once, shared by every system
+that names it). A drafter only proposes, so its dtype
 changes speed and acceptance, never the lossless modes' output; the target's dtype
 changes the output (its agreement is measured against the bench's own target).
 """
@@ -35,7 +36,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "min_ngram", "mix_lookup", "draft_stop", "verify_widths")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "dtype", "drafter_dtype")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype")
 
 
 @dataclasses.dataclass
@@ -209,7 +210,7 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         o = {**(options or {}), **overrides}
         if base in OURS:
             t = variant(target, target_path, o.get("layout"), o.get("quantize"), o.get("dtype"))
-            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("quantize"),
+            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("drafter_quantize", o.get("quantize")),
                         o.get("drafter_dtype", o.get("dtype")))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue

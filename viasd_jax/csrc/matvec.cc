@@ -11,6 +11,8 @@
 // widened in registers) or, with bfloat16 weights, bfloat16: those pairs take AVX-512
 // BF16's dot-product instruction (twice the multiply-adds per instruction of float32
 // FMAs, no widening) where the compiler targets it. Accumulation is float32 throughout.
+// int8 weights (weight-only quantization, one float32 scale per output row) are widened
+// to float32 in registers against float32 activations and scaled once per output.
 // The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
@@ -24,7 +26,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -35,7 +37,10 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int64_t kPrefetch = 256;  // elements ahead (1 KB of float32)
+// Elements ahead: 1 KB of float32 (and of int8, whose rows stream four times as many
+// elements per byte); 512 B of bfloat16.
+template <typename T>
+constexpr int64_t kPrefetch = std::is_same_v<T, int8_t> ? 1024 : 256;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef uint16_t Half __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
@@ -55,7 +60,22 @@ inline Vec load(const uint16_t* p) {  // bfloat16 bits are the top half of a flo
   return v;
 }
 
+inline Vec load(const int8_t* p) {  // int8 -> float32 is exact
+#if defined(__AVX512F__)
+  // GCC scalarizes __builtin_convertvector from 16 bytes (one conversion per lane)
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  Vec v;
+  std::memcpy(&v, &f, sizeof v);
+  return v;
+#else
+  Vec v;
+  for (int i = 0; i < kLanes; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+
 inline float widen(float w) { return w; }
+inline float widen(int8_t w) { return w; }
 inline float widen(uint16_t w) {
   uint32_t b = uint32_t(w) << 16;
   float f;
@@ -82,22 +102,39 @@ inline void load_pairs(const uint16_t* p, Vec& even, Vec& odd) {
   std::memcpy(&odd, &hi, sizeof odd);
 }
 
-template <typename T>
-constexpr int64_t kStep = std::is_same_v<T, uint16_t> ? 2 * kLanes : kLanes;  // k per vector step
+#if defined(__AVX512BF16__)
+// 2 * kLanes weights as bfloat16, for the dot-product path: bfloat16 as they lie, int8
+// converted exactly (8-bit integers fit bfloat16's 8-bit significand).
+inline __m512bh load_bf16(const uint16_t* p) {
+  __m512bh v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline __m512bh load_bf16(const int8_t* p) {
+  const __m512 lo = load(p), hi = load(p + kLanes);
+  return _mm512_cvtne2ps_pbh(hi, lo);  // lo fills the low half
+}
+#endif
+
+// k per vector step: 2 * kLanes where weights or activations are bfloat16 (bfloat16
+// pairs), else kLanes.
+template <typename T, typename X>
+constexpr int64_t kStep = std::is_same_v<T, uint16_t> || std::is_same_v<X, uint16_t> ? 2 * kLanes : kLanes;
 
 // Adds x[m, k] * w[n + r, k] over k in [k0, k1) (whole vector steps) into acc[m][r], lane
 // by lane. For bfloat16 weights and float32 `x`, `x` is in `split_pairs` order.
 template <int M, int R, typename T, typename X>
 inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int64_t n, int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1; k += kStep<T>) {
+  for (int64_t k = k0; k < k1; k += kStep<T, X>) {
     // Several x rows (or the bfloat16 widening) make this loop busy enough that the
     // hardware prefetcher alone falls behind; one float32 row is pure streaming.
-    if constexpr (M > 1 || std::is_same_v<T, uint16_t>)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch, 0, 0);
+    if constexpr (M > 1 || !std::is_same_v<T, float>)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch<T>, 0, 0);
     if constexpr (std::is_same_v<X, uint16_t>) {
 #if defined(__AVX512BF16__)
       __m512bh wv[R];  // 2 * kLanes bfloat16 each: dpbf16 multiplies pairs and adds both to a float32 lane
-      for (int r = 0; r < R; ++r) std::memcpy(&wv[r], w + (n + r) * K + k, sizeof wv[r]);
+      for (int r = 0; r < R; ++r) wv[r] = load_bf16(w + (n + r) * K + k);
       for (int m = 0; m < M; ++m) {
         __m512bh xv;
         std::memcpy(&xv, x + m * K + k, sizeof xv);
@@ -125,8 +162,8 @@ inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int6
   }
 }
 
-template <typename T>
-int64_t vector_part(int64_t K) { return K - K % kStep<T>; }
+template <typename T, typename X>
+int64_t vector_part(int64_t K) { return K - K % kStep<T, X>; }
 
 // y[m, n + r] from the lane sums of acc[m][r] and the k past the last whole vector step.
 template <int M, int R, typename T, typename X>
@@ -134,7 +171,7 @@ inline void finish(const T* w, const X* x, const Vec (&acc)[M][R], float* y, int
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) {
       float s = lane_sum(acc[m][r]);
-      for (int64_t k = vector_part<T>(K); k < K; ++k) s += widen(x[m * K + k]) * widen(w[(n + r) * K + k]);
+      for (int64_t k = vector_part<T, X>(K); k < K; ++k) s += widen(x[m * K + k]) * widen(w[(n + r) * K + k]);
       y[m * N + n + r] = s;
     }
 }
@@ -143,7 +180,7 @@ inline void finish(const T* w, const X* x, const Vec (&acc)[M][R], float* y, int
 template <int M, int R, typename T, typename X>
 void row_block(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n) {
   Vec acc[M][R] = {};
-  accumulate<M, R>(w, x, acc, K, n, 0, vector_part<T>(K));
+  accumulate<M, R>(w, x, acc, K, n, 0, vector_part<T, X>(K));
   finish<M, R>(w, x, acc, y, K, N, n);
 }
 
@@ -180,8 +217,8 @@ void row_block_part(const T* w, const X* x, Vec* partial, int64_t K, int64_t n, 
 template <int M, int R, typename T, typename X>
 void sweep_blocked(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
   Vec partial[kChunkRows * M] = {};
-  constexpr int64_t block = kBlockBytes / sizeof(X) / kStep<T> * kStep<T>;
-  const int64_t k_vec = vector_part<T>(K);
+  constexpr int64_t block = kBlockBytes / sizeof(X) / kStep<T, X> * kStep<T, X>;
+  const int64_t k_vec = vector_part<T, X>(K);
   for (int64_t k0 = 0; k0 < k_vec; k0 += block) {
     const int64_t k1 = std::min(k_vec, k0 + block);
     int64_t n = n0;
@@ -267,15 +304,43 @@ const float* widened(const uint16_t* x, int64_t size) {
 }
 #endif
 
+// Rows of int8 weights as bfloat16 (exact), in a buffer of the calling thread.
+const uint16_t* as_bf16(const int8_t* q, int64_t size) {
+  thread_local std::vector<uint16_t> buf;  // one chunk at a time per thread
+  buf.resize(size);
+  for (int64_t i = 0; i < size; ++i) {
+    const float f = q[i];
+    uint32_t b;
+    std::memcpy(&b, &f, sizeof b);
+    buf[i] = uint16_t(b >> 16);  // exact: an 8-bit integer's low mantissa bits are zero
+  }
+  return buf.data();
+}
+
+// `rows` for one chunk. int8 weights against bfloat16 activations convert each weight in
+// registers for up to 9 rows; for more (prefill) the chunk is converted once and takes
+// the bfloat16 path, which adds the same products in the same order.
 template <typename T, typename X>
-void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N) {
+void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  if constexpr (std::is_same_v<T, int8_t> && std::is_same_v<X, uint16_t>)
+    if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
+  rows(w, x, y, M, K, N, n0, n1);
+}
+
+// `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
+template <typename T, typename X>
+void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
+         const float* scale = nullptr) {
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
   auto job = std::make_shared<Job>();
   job->chunks = (N + kChunkRows - 1) / kChunkRows;
-  auto work = [job, w, x, y, M, K, N]() {
+  auto work = [job, w, x, y, M, K, N, scale]() {
     for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
       const int64_t n0 = c * kChunkRows, n1 = std::min(N, n0 + kChunkRows);
-      rows(w, x, y, M, K, N, n0, n1);
+      chunk_rows(w, x, y, M, K, N, n0, n1);
+      if (scale)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
       job->done.fetch_add(1, std::memory_order_release);
     }
   };
@@ -285,21 +350,39 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
   while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
 }
 
+// The operands' sizes, checked: x [M, K] against w [N, K] or [L, N, K] at `layer`, of
+// which the first `live` rows of x are computed (M below is that count).
+struct Shape {
+  int64_t M, K, N, l;
+};
+
+ffi::Error check_shape(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::Buffer<ffi::S32>& layer,
+                       const ffi::Buffer<ffi::S32>& live, Shape& s) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3))
+    return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K] and w [N, K] or [L, N, K]");
+  const int64_t L = wd.size() == 3 ? wd[0] : 1;
+  s = {std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]), xd[1], wd[wd.size() - 2], layer.typed_data()[0]};
+  if (wd[wd.size() - 1] != s.K) return ffi::Error::InvalidArgument("viasd matvec: x and w disagree on K");
+  if (s.l < 0 || s.l >= L) return ffi::Error::InvalidArgument("viasd matvec: layer index out of range");
+  return ffi::Error::Success();
+}
+
+// Zeroes the outputs of x's rows past `live`.
+void zero_padding(const ffi::AnyBuffer& x, const Shape& s, float* out) {
+  std::memset(out + s.M * s.N, 0, (x.dimensions()[0] - s.M) * s.N * sizeof(float));
+}
+
 // `live`: only x's first `live` rows are computed, the others' outputs are zero (a
 // window's trailing padding, whose results nobody reads; rows are independent, so the
 // live rows' results are the same either way).
 ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
                   ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
-  const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3))
-    return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K] and w [N, K] or [L, N, K]");
-  const int64_t K = xd[1], N = wd[wd.size() - 2], L = wd.size() == 3 ? wd[0] : 1;
-  const int64_t M = std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]);
-  if (wd[wd.size() - 1] != K) return ffi::Error::InvalidArgument("viasd matvec: x and w disagree on K");
-  const int64_t l = layer.typed_data()[0];
-  if (l < 0 || l >= L) return ffi::Error::InvalidArgument("viasd matvec: layer index out of range");
+  Shape s;
+  if (ffi::Error e = check_shape(x, w, layer, live, s); e.failure()) return e;
+  const int64_t M = s.M, K = s.K, N = s.N, l = s.l;
   float* out = y->typed_data();
-  std::memset(out + M * N, 0, (xd[0] - M) * N * sizeof(float));
+  zero_padding(x, s, out);
   if (M == 0) return ffi::Error::Success();
   const auto xt = x.element_type(), wt = w.element_type();
   const float* xf = static_cast<const float*>(x.untyped_data());
@@ -327,6 +410,49 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvec, matvec,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+namespace {
+
+// int8 weights q [N, K] or [L, N, K] with per-output-row scales [N] or [L, N]:
+// y[m, n] = scale[n] * sum_k x[m, k] q[n, k]; x float32 (FMAs on widened weights) or
+// bfloat16 (the dot-product path on weights converted to bfloat16); `layer` and `live`
+// as in `matvec`.
+ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::Buffer<ffi::F32> scale,
+                       ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
+  Shape s;
+  if (ffi::Error e = check_shape(x, q, layer, live, s); e.failure()) return e;
+  const auto xt = x.element_type();
+  if ((xt != ffi::DataType::F32 && xt != ffi::DataType::BF16) || q.element_type() != ffi::DataType::S8)
+    return ffi::Error::InvalidArgument("viasd matvec_int8: x must be float32 or bfloat16, and q int8");
+  if (scale.element_count() * s.K != q.element_count())
+    return ffi::Error::InvalidArgument("viasd matvec_int8: one scale per row of q");
+  float* out = y->typed_data();
+  zero_padding(x, s, out);
+  if (s.M == 0) return ffi::Error::Success();
+  const int8_t* ql = static_cast<const int8_t*>(q.untyped_data()) + s.l * s.N * s.K;
+  const float* sl = scale.typed_data() + s.l * s.N;
+  if (xt == ffi::DataType::F32)
+    run(pool, ql, static_cast<const float*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+  else
+#if defined(__AVX512BF16__)
+    run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+#else
+    run(pool, ql, widened(static_cast<const uint16_t*>(x.untyped_data()), s.M * s.K), out, s.M, s.K, s.N, sl);
+#endif
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecInt8, matvec_int8,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
