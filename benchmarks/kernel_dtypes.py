@@ -3,11 +3,14 @@
 Part 1 times `cpu_matvec.matvec` over every layer of a stacked weight shaped like the
 real models' largest matrices (Qwen2.5-Coder-1.5B's MLP, 28 x 8960 x 1536, and the
 0.5B's, 24 x 4864 x 896) for a few activation-row counts (best of `--repeats`), in
-three kernel paths: float32; bfloat16 weights widened against float32 activations;
-bfloat16 weights and activations (the dot-product path a bfloat16 model takes).
+five kernel paths: float32; bfloat16 weights widened against float32 activations;
+bfloat16 weights and activations (the dot-product path a bfloat16 model takes); int8
+weights (per-row scales) against float32 activations; int8 weights against bfloat16
+activations (converted to bfloat16 for the dot product).
 Part 2 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
-drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype against
-the target's float32 1-token forward: for 1 token, `c` as the bench header prints it.
+drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype (and
+int8 over bfloat16) against the target's float32 1-token forward: for 1 token, `c` as
+the bench header prints it.
 Usage:
 
     python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
@@ -29,7 +32,11 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "float32": (jnp.float32, jnp.float32),
     "bf16 w": (jnp.bfloat16, jnp.float32),
     "bf16 w+x": (jnp.bfloat16, jnp.bfloat16),
+    "int8 w": (jnp.int8, jnp.float32),
+    "int8 w, bf16 x": (jnp.int8, jnp.bfloat16),
 }
+DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
+            "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8")}
 
 
 def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
@@ -37,7 +44,8 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
     w_dtype, x_dtype = dtypes
     w = jnp.ones((layers, n, k), w_dtype)
     x = jnp.ones((rows, k), x_dtype)
-    every_layer = jax.jit(lambda x, w: sum(cpu_matvec.matvec(x, w, i)[0, 0] for i in range(layers)))
+    scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
+    every_layer = jax.jit(lambda x, w: sum(cpu_matvec.matvec(x, w, i, None, scale)[0, 0] for i in range(layers)))
     every_layer(x, w).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -77,8 +85,8 @@ def main():
         print(f"\ntarget 1-token forward {t1 * 1e3:.1f} ms")
         print("| drafter dtype | new tokens | ms | in target 1-token forwards |")
         print("|---|---:|---:|---:|")
-        for dtype in ("float32", "bfloat16"):
-            drafter = viasd_jax.load(args.drafter, dtype=dtype)
+        for dtype, load_args in DRAFTERS.items():
+            drafter = viasd_jax.load(args.drafter, **load_args)
             for tokens in (int(t) for t in args.tokens.split(",")):
                 d = costs.forward_seconds(drafter, tokens, repeats=args.repeats)
                 print(f"| {dtype} | {tokens} | {d * 1e3:.1f} | {d / t1:.3f} |")

@@ -37,10 +37,12 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;
-// Elements ahead: 1 KB of float32 (and of int8, whose rows stream four times as many
-// elements per byte); 512 B of bfloat16.
+// Software prefetch: 16 KB ahead (elements), into L2. Nearer or into L1 (1 KB ahead
+// with the non-temporal hint, the first version) the hardware's loads still waited on
+// memory whenever the loop did more than stream: int8 rows ran at half float32's bytes
+// per second, and 5-9 float32 rows took 1.5x one row's time (docs/performance.md).
 template <typename T>
-constexpr int64_t kPrefetch = std::is_same_v<T, int8_t> ? 1024 : 256;
+constexpr int64_t kPrefetch = 16384 / sizeof(T);
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef uint16_t Half __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
@@ -127,10 +129,13 @@ constexpr int64_t kStep = std::is_same_v<T, uint16_t> || std::is_same_v<X, uint1
 template <int M, int R, typename T, typename X>
 inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int64_t n, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; k += kStep<T, X>) {
-    // Several x rows (or the bfloat16 widening) make this loop busy enough that the
-    // hardware prefetcher alone falls behind; one float32 row is pure streaming.
+    // Several x rows (or widening bfloat16 or int8 weights) make this loop busy enough
+    // that the hardware prefetcher alone falls behind; one float32 row is pure streaming.
+    // One prefetch per 64-byte line: int8 steps cover 16 or 32 bytes of a row.
+    constexpr int64_t kLineStep = 64 / sizeof(T) > kStep<T, X> ? 64 / sizeof(T) / kStep<T, X> : 1;
     if constexpr (M > 1 || !std::is_same_v<T, float>)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch<T>, 0, 0);
+      if (kLineStep == 1 || (k / kStep<T, X>) % kLineStep == 0)
+        for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + r) * K + k + kPrefetch<T>, 0, 2);
     if constexpr (std::is_same_v<X, uint16_t>) {
 #if defined(__AVX512BF16__)
       __m512bh wv[R];  // 2 * kLanes bfloat16 each: dpbf16 multiplies pairs and adds both to a float32 lane
