@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from viasd_jax.cli import default_drafter_dtype, main
+from viasd_jax.cli import default_drafter_dtype, default_drafter_quantize, main
 
 
 def test_convert_then_generate(hf_dirs, tmp_path, capsys):
@@ -21,7 +21,7 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "--- prompt 1 ---" in captured.out
     assert "tokens/s" in captured.err
-    # sd drafts with a bfloat16 copy by default (float32 target): the text stays plain greedy's
+    # sd drafts with an int8-over-bfloat16 copy by default (float32 target): the text stays plain greedy's
     assert main(["generate", "--target", out, "--drafter", out, "--mode", "sd", "--prompts", str(prompts),
                  "--max-new-tokens", "6"]) == 0
     plain = captured.out[captured.out.index("--- prompt 0"):]  # after convert's "wrote ..." line
@@ -68,3 +68,10 @@ def test_generate_drafts_in_bfloat16_under_a_float32_target():
     assert default_drafter_dtype("float32", np.dtype("float32"), None, None) == "float32"  # asked for
     assert default_drafter_dtype(None, np.dtype("float32"), None, "int8") is None  # int8 keeps the checkpoint's
     assert default_drafter_dtype(None, np.dtype("bfloat16"), "bfloat16", None) == "bfloat16"
+
+
+def test_generate_drafts_with_int8_matrices_under_a_float32_target():
+    assert default_drafter_quantize(None, np.dtype("float32"), None) == "int8"
+    assert default_drafter_quantize("none", np.dtype("float32"), None) is None  # asked for float matrices
+    assert default_drafter_quantize(None, np.dtype("bfloat16"), None) is None
+    assert default_drafter_quantize(None, np.dtype("float32"), "int8") == "int8"  # as the target

@@ -54,7 +54,7 @@ DRAFTER_DTYPE_HELP = ("the drafter model's dtype (default: bfloat16 under a floa
                       "--dtype); a bfloat16 drafter streams half the bytes and leaves lossless output unchanged")
 LAYOUT_HELP = ("weight matrices' memory layout; cpu-kernel: output-major through the compiled CPU "
                "matrix-vector kernel (fastest on CPU); output-major: XLA's dot over that layout; "
-               "auto (default): cpu-kernel on one CPU with float weights, else input-major")
+               "auto (default): cpu-kernel on one CPU (float32, bfloat16 or int8 weights), else input-major")
 
 
 def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto"):
@@ -78,6 +78,18 @@ def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None
     return dtype
 
 
+def default_drafter_quantize(requested: str | None, target_dtype, quantize: str | None):
+    """The drafter's quantization for `viasd generate`: `requested` if given ("none": float
+    matrices); else `quantize` if the target is quantized; else int8 under a float32 target
+    (its matrices int8 over bfloat16 activations: a drafter only proposes, so lossless output
+    is unchanged; docs/performance.md has the speed it buys)."""
+    if requested:
+        return None if requested == "none" else requested
+    if quantize is not None:
+        return quantize
+    return "int8" if str(target_dtype) == "float32" else None
+
+
 def cmd_generate(args) -> None:
     import viasd_jax
     from viasd_jax.generate import parse_widths
@@ -86,7 +98,8 @@ def cmd_generate(args) -> None:
     prompts = _read_prompts(args)
     target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize, layout=args.layout)
     drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, args.quantize)
-    drafter = load_drafter(args.drafter, drafter_dtype, args.quantize, args.layout)
+    drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, args.quantize)
+    drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
@@ -247,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
     g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
+    g.add_argument("--drafter-quantize", choices=["int8", "none"], default=None,
+                   help="the drafter's matrices (default: int8 under a float32 target, else as --quantize); "
+                        "a drafter only proposes, so lossless output is unchanged")
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
 

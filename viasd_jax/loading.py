@@ -83,12 +83,13 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     None keeps the checkpoint's. `verify` checks a viasd checkpoint's content hash.
     `mesh` (from `make_mesh`) lays the params out on it; a viasd checkpoint is
     restored straight into that layout. `quantize="int8"` makes every weight matrix
-    int8 with per-output-channel scales (weight-only; activations stay float).
+    int8 with per-output-channel scales (weight-only; activations stay in `dtype`: with
+    "bfloat16" the CPU kernel multiplies them by AVX-512 BF16 dot products).
     `layout="output-major"` stores matrices with their contracted axes last;
     `layout="cpu-kernel"` multiplies those with the compiled CPU kernel (2-4.6x faster
     decoding forwards on CPU, compiled on first use; see `viasd_jax.layout`). The
-    default "auto" is "cpu-kernel" on one CPU (float weights, a C++ compiler present)
-    and "input-major" otherwise (GPU, TPU, a mesh, int8).
+    default "auto" is "cpu-kernel" on one CPU (float32, bfloat16 or int8 weights, a C++
+    compiler present) and "input-major" otherwise (GPU, TPU, a mesh, float16).
     """
     import checkpoints_convert as cc
     from checkpoints_convert.hf import resolve_dtype

@@ -2,8 +2,11 @@
 
 A quantized matrix is `Int8Weight(q, scale)`: `q` int8 with the weight's shape,
 `scale` float32 with the contracted (input) dimensions reduced to size 1, so that
-`w ~= q * scale`. Matmuls dequantize inside the product: the int8 -> float
-conversion fuses into XLA's dot, so weight traffic is a quarter of float32's.
+`w ~= q * scale`. Matmuls dequantize inside the product, so weight traffic is a
+quarter of float32's: under the CPU kernel (`layout="cpu-kernel"`, the default on one
+CPU) in registers, elsewhere by an int8 -> float conversion fused into XLA's dot.
+Activations keep the model's dtype (`load(..., dtype="bfloat16", quantize="int8")`
+computes in bfloat16 over int8 matrices).
 Norms, biases and the per-layer vectors stay in float.
 
 Quantize at load time: `viasd_jax.load(path, quantize="int8")` or `quantize(model)`.
