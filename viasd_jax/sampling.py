@@ -86,6 +86,14 @@ def uniform(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys)
 
 
+def greedy_or_sample(greedy: jax.Array, greedy_fn, sample_fn):
+    """`greedy_fn()` if `greedy` (a runtime scalar), else `sample_fn()`. Only the taken
+    branch runs: with `jnp.where` every greedy round would also draw full-vocabulary
+    samples it then discards."""
+    return jax.lax.cond(greedy, greedy_fn, sample_fn)
+
+
 def pick(keys: jax.Array, logp: jax.Array, sp: SamplingParams) -> jax.Array:
     """A token per row of `logp [B, V]`: argmax when greedy, else a sample (row keys `[B]`)."""
-    return jnp.where(is_greedy(sp), jnp.argmax(logp, axis=-1), categorical(keys, logp)).astype(jnp.int32)
+    return greedy_or_sample(is_greedy(sp), lambda: jnp.argmax(logp, axis=-1).astype(jnp.int32),
+                            lambda: categorical(keys, logp))

@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from viasd_jax.sampling import categorical, row_keys, uniform
+from viasd_jax.sampling import categorical, greedy_or_sample, row_keys, uniform
 
 
 def leading_true(mask: jax.Array) -> jax.Array:
@@ -92,10 +92,12 @@ def tiers(
     prefix = jnp.arange(g)[None, :] < settled[:, None]
     stopped = settled < n_draft
     at_stop_b = take(tier_b, settled)
-    residual = residual_sample(k_res, take(slim, settled), take(draft_logp, settled))
     last_slim = take(slim_logp, n_draft)  # distribution after the last valid draft
     bonus_conf = jnp.exp(jnp.max(last_slim, axis=-1)) >= tau_slim
-    bonus = jnp.where(greedy, jnp.argmax(last_slim, -1), categorical(k_bonus, last_slim))
+    correction, bonus = greedy_or_sample(
+        greedy, lambda: (take(slim_top, settled), jnp.argmax(last_slim, -1).astype(jnp.int32)),
+        lambda: (residual_sample(k_res, take(slim, settled), take(draft_logp, settled)),
+                 categorical(k_bonus, last_slim)))
     effective = None
     if with_effective:
         effective = _effective_logp(draft_logp, slim_logp, tau_accept, c >= tau_slim)
@@ -106,9 +108,9 @@ def tiers(
         tier_a_mask=tier_a,
         escalate=stopped & ~at_stop_b,
         corrected=stopped & at_stop_b,
-        correction=jnp.where(greedy, take(slim_top, settled), residual),
+        correction=correction,
         bonus_ok=~stopped & bonus_conf,
-        bonus=bonus.astype(jnp.int32),
+        bonus=bonus,
         effective=effective,
     )
 
@@ -169,8 +171,8 @@ def verify_chain(
     accepted = leading_true(accept)
     rejected = accepted < chain_len
     bonus_logp = take(target_logp, chain_len)
-    bonus = jnp.where(greedy, jnp.argmax(bonus_logp, -1), categorical(k_bonus, bonus_logp))
-    correction = jnp.where(
-        greedy, take(q_top, accepted), residual_sample(k_res, take(q, accepted), take(chain_logp, accepted))
-    )
+    correction, bonus = greedy_or_sample(
+        greedy, lambda: (take(q_top, accepted), jnp.argmax(bonus_logp, -1).astype(jnp.int32)),
+        lambda: (residual_sample(k_res, take(q, accepted), take(chain_logp, accepted)),
+                 categorical(k_bonus, bonus_logp)))
     return accepted, jnp.where(rejected, correction, bonus).astype(jnp.int32)
