@@ -73,7 +73,7 @@ def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None
     6 prompts); else `dtype` (None keeps the checkpoint's)."""
     if requested:
         return requested
-    if quantize is None and str(target_dtype) == "float32":
+    if quantize in (None, "gguf") and str(target_dtype) == "float32":
         return "bfloat16"
     return dtype
 
@@ -85,7 +85,7 @@ def default_drafter_quantize(requested: str | None, target_dtype, quantize: str 
     is unchanged; docs/performance.md has the speed it buys)."""
     if requested:
         return None if requested == "none" else requested
-    if quantize is not None:
+    if quantize not in (None, "gguf"):  # a gguf target is the exact float32 model: as float32
         return quantize
     return "int8" if str(target_dtype) == "float32" else None
 
@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
-    g.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only matrices (target and drafter)")
+    g.add_argument("--quantize", choices=["int8", "gguf"], default=None,
+                   help="int8: weight-only matrices (target and drafter; lossy); gguf: the target's own GGUF "
+                        "Q4_K/Q6_K codes, multiplied exactly as its float32 weights (a registered model or .gguf; CPU)")
     g.add_argument("--drafter-quantize", choices=["int8", "none"], default=None,
                    help="the drafter's matrices (default: int8 under a float32 target, else as --quantize); "
                         "a drafter only proposes, so lossless output is unchanged")
@@ -300,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
-    b.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8 weight-only matrices for our systems (the hf-* peers keep --dtype)")
+    b.add_argument("--quantize", choices=["int8", "gguf"], default=None,
+                   help="int8 weight-only matrices for our systems; gguf: the target keeps its GGUF codes (exact) "
+                        "(the hf-* peers keep --dtype)")
     b.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     b.add_argument("--checkpoint", help="file saved after every prompt; rerun with it to resume an interrupted bench")
     b.add_argument("--temperature", type=float, default=0.0)

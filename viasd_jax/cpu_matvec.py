@@ -7,7 +7,8 @@ activation rows of a decoding step by output-major weights at close to it. It is
 compiled on first use with the system's C++ compiler (`$CXX`, else `c++` / `g++`)
 for this CPU (`-march=native`) and cached under `~/.cache/viasd-jax/kernels`, keyed by
 the source, the jaxlib headers and the CPU's feature flags; then registered with
-XLA as the FFI targets `viasd_matvec`, `viasd_matvec_int8` and `viasd_take_rows`.
+XLA as the FFI targets `viasd_matvec`, `viasd_matvec_int8`, `viasd_matvec_blocks` and
+`viasd_take_rows`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 
 TARGET = "viasd_matvec"
 TARGET_INT8 = "viasd_matvec_int8"
+TARGET_BLOCKS = "viasd_matvec_blocks"
 TAKE_ROWS = "viasd_take_rows"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "matvec.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -91,6 +93,7 @@ def ensure() -> None:
     lib = ctypes.cdll.LoadLibrary(build())
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ViasdMatvec), platform="cpu")
     jax.ffi.register_ffi_target(TARGET_INT8, jax.ffi.pycapsule(lib.ViasdMatvecInt8), platform="cpu")
+    jax.ffi.register_ffi_target(TARGET_BLOCKS, jax.ffi.pycapsule(lib.ViasdMatvecBlocks), platform="cpu")
     jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
@@ -119,6 +122,26 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     both_bf16 = x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     return call(x if both_bf16 else x.astype(jnp.float32), w, layer, live)
+
+
+def matvec_blocks(x: jax.Array, codes: jax.Array, scales: jax.Array, mins: jax.Array, nibbles: bool,
+                  layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
+    """`x [M, K] @ w[layer].T` -> `[M, N]` float32, for `w` kept as GGUF k-quant codes
+    (`gguf_blocks.BlockWeight`): `w[n, k] = scales[n, k // S] * code[n, k] - mins[n, k // S]`
+    with one rounding. `codes` uint8 `[L, N, K // 2]` (two 4-bit codes per byte, S = 32) or
+    `[L, N, K]` (S = 16); `scales`, `mins` float32 `[L, N, K // S]`; the leading `L` may be
+    absent; `nibbles` says which (the shapes alone are ambiguous). `x` is read as float32. `layer`, `live` as in `matvec`; each output is bitwise
+    what `matvec` gives for the float32 weights. Not differentiable.
+    """
+    ensure()
+    k, sub = (codes.shape[-1] * 2, 32) if nibbles else (codes.shape[-1], 16)
+    if x.shape[-1] != k or scales.shape[-1] * sub != k or mins.shape != scales.shape:
+        raise ValueError(f"matvec_blocks: x {x.shape} does not match codes {codes.shape} and scales {scales.shape} "
+                         f"({'two codes' if nibbles else 'one code'} per byte)")
+    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[-2]), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET_BLOCKS, out, vmap_method="sequential")
+    live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
+    return call(x.astype(jnp.float32), codes, scales, mins, jnp.asarray(layer, jnp.int32), live)
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

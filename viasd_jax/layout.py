@@ -203,8 +203,16 @@ def dense_output_major(x: jax.Array, w: OutputMajor, subscripts: str) -> jax.Arr
 
 def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     from viasd_jax import cpu_matvec
+    from viasd_jax.gguf_blocks import BlockWeight
 
     stacked = w.layer is not None
+    if isinstance(w.w, BlockWeight):  # GGUF codes: the kernel makes the float32 weights
+        b = w.w
+        out_shape = b.shape[int(stacked): len(b.shape) - n_contracted]
+        batch_shape = x.shape[: x.ndim - n_contracted]
+        y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b.codes, b.scales, b.mins, b.nibbles,
+                                     w.layer if stacked else 0, w.live)
+        return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
     quantized = hasattr(w.w, "q")  # an Int8Weight: int8 rows, one scale per output row
     data = w.w.q if quantized else w.w
     lead = data.shape[:1] if stacked else ()

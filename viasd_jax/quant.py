@@ -24,7 +24,7 @@ from viasd_jax.layout import OutputMajor, dense_output_major
 # Leaves that are matrices, with their contracted (input) dimension letters.
 CONTRACTED = {"wq": "D", "wk": "D", "wv": "D", "wo": "NK", "w_gate": "D", "w_up": "D", "w_down": "F",
               "lm_head": "D", "embed": "D"}
-MODES = ("int8",)
+MODES = ("int8",)  # and "gguf", which `load` handles itself (viasd_jax.gguf_blocks)
 
 
 @jax.tree_util.register_dataclass
@@ -73,6 +73,8 @@ def quantize_params(params, cfg, mode: str = "int8"):
     from viasd_jax.layout import to_input_major
     from viasd_jax.params import LAYER_LEAVES, TOP_LEAVES, leaves_of, params_from_leaves
 
+    if mode == "gguf":
+        raise ValueError("quantize='gguf' keeps a GGUF file's own blocks: pass it to load(), not to quantize()")
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
     dims = {name: spec.dims for name, spec in {**LAYER_LEAVES, **TOP_LEAVES}.items()}

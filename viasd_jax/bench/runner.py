@@ -124,7 +124,8 @@ def run_bench(target_path: str, prompts_path: str, systems: Sequence[str], draft
     runs = read_checkpoint(checkpoint, settings) if checkpoint else []
     done = {(r["system"], r["prompt_id"]) for r in runs}
     target = viasd_jax.load(target_path, dtype=dtype, quantize=quantize, layout=layout)
-    drafter = (viasd_jax.load(drafter_path, dtype=drafter_dtype or dtype, quantize=quantize, layout=layout)
+    drafter_quantize = None if quantize == "gguf" else quantize  # gguf keeps the target's own file's codes
+    drafter = (viasd_jax.load(drafter_path, dtype=drafter_dtype or dtype, quantize=drafter_quantize, layout=layout)
                if drafter_path else None)
     runners = make_systems(systems, target, target_path, dtype, drafter=drafter, drafter_path=drafter_path,
                            options=options, quantize=quantize)

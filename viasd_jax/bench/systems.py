@@ -7,7 +7,8 @@ e.g. `viasd-via@tau_accept=0.95:tau_slim=0.9:gamma=6` (the threshold sweep
 builds its grid this way). `layout=...` / `drafter_layout=...` (`output-major`,
 `cpu-kernel`, or `input-major` when the bench's `--layout` is another) run that
 system on a second copy of the target / drafter in that weight layout, and
-`quantize=int8` on int8 copies of both, `dtype=bfloat16` on bfloat16 copies of both,
+`quantize=int8` on int8 copies of both, `quantize=gguf` on a copy of the target that keeps
+its GGUF codes (exact; the drafter as it is), `dtype=bfloat16` on bfloat16 copies of both,
 `drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone, `drafter_quantize=int8`
 on an int8 copy of the drafter alone (each copy loaded once, shared by every system
 that names it). A drafter only proposes, so its dtype
@@ -210,7 +211,8 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         o = {**(options or {}), **overrides}
         if base in OURS:
             t = variant(target, target_path, o.get("layout"), o.get("quantize"), o.get("dtype"))
-            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("drafter_quantize", o.get("quantize")),
+            inherited = None if o.get("quantize") == "gguf" else o.get("quantize")  # gguf: the target's own file
+            d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("drafter_quantize", inherited),
                         o.get("drafter_dtype", o.get("dtype")))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue

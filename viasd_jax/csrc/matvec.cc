@@ -13,11 +13,14 @@
 // FMAs, no widening) where the compiler targets it. Accumulation is float32 throughout.
 // int8 weights (weight-only quantization, one float32 scale per output row) are widened
 // to float32 in registers against float32 activations and scaled once per output.
+// GGUF k-quant matrices multiply from their 4- or 6-bit codes (`matvec_blocks`), exactly
+// as their dequantized float32 weights would.
 // The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -26,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -36,7 +39,14 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// A Vec is one vector register: 16 floats with AVX-512, else 8 (AVX2). Wider generic
+// vectors than the registers made GCC keep the accumulators in memory, shuffling
+// halves on every step (5 float32 rows then took 3-4x one row's time).
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
 // Software prefetch: 16 KB ahead (elements), into L2. Nearer or into L1 (1 KB ahead
 // with the non-temporal hint, the first version) the hardware's loads still waited on
 // memory whenever the loop did more than stream: int8 rows ran at half float32's bytes
@@ -83,6 +93,20 @@ inline float widen(uint16_t w) {
   float f;
   std::memcpy(&f, &b, sizeof f);
   return f;
+}
+
+// acc + a * b with one rounding, lane by lane. Explicit: GCC contracts `acc += a * b` into
+// an FMA in some template instances and not in others (seen on AVX2 for one-row blocks),
+// and a row's result must not depend on which instance computed it.
+inline Vec madd(Vec acc, Vec a, Vec b) {
+#if defined(__AVX512F__)
+  return (Vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return (Vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+#else
+  for (int i = 0; i < kLanes; ++i) acc[i] = std::fma(a[i], b[i], acc[i]);
+  return acc;
+#endif
 }
 
 inline float lane_sum(Vec v) {
@@ -151,17 +175,14 @@ inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int6
       for (int r = 0; r < R; ++r) load_pairs(w + (n + r) * K + k, even[r], odd[r]);
       for (int m = 0; m < M; ++m) {
         const Vec xe = load(x + m * K + k), xo = load(x + m * K + k + kLanes);
-        for (int r = 0; r < R; ++r) {  // two statements: two FMAs (one expression: mul, FMA, add)
-          acc[m][r] += even[r] * xe;
-          acc[m][r] += odd[r] * xo;
-        }
+        for (int r = 0; r < R; ++r) acc[m][r] = madd(madd(acc[m][r], even[r], xe), odd[r], xo);
       }
     } else {
       Vec wv[R];
       for (int r = 0; r < R; ++r) wv[r] = load(w + (n + r) * K + k);
       for (int m = 0; m < M; ++m) {
         const Vec xv = load(x + m * K + k);
-        for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
+        for (int r = 0; r < R; ++r) acc[m][r] = madd(acc[m][r], wv[r], xv);
       }
     }
   }
@@ -176,7 +197,7 @@ inline void finish(const T* w, const X* x, const Vec (&acc)[M][R], float* y, int
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) {
       float s = lane_sum(acc[m][r]);
-      for (int64_t k = vector_part<T, X>(K); k < K; ++k) s += widen(x[m * K + k]) * widen(w[(n + r) * K + k]);
+      for (int64_t k = vector_part<T, X>(K); k < K; ++k) s = std::fma(widen(x[m * K + k]), widen(w[(n + r) * K + k]), s);
       y[m * N + n + r] = s;
     }
 }
@@ -241,10 +262,17 @@ void sweep_blocked(const T* w, const X* x, float* y, int64_t K, int64_t N, int64
 // vectors (two each for widened bfloat16) and the x vectors must fit AVX-512's 32
 // registers. One vector per W row: 4 rows up to 6 activation rows, then 3; widened
 // bfloat16: 4 up to 2, 3 up to 5, then 2.
+// One Vec per register, so AVX-512's 32 registers hold more accumulators than AVX2's 16:
+// m * R + R + 1 Vecs (widened bfloat16: m * R + 2 R + 2) must fit.
 template <typename T, typename X>
 constexpr int rows_per_step(int m) {
+#if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) return m <= 2 ? 4 : m <= 5 ? 3 : 2;
   return m <= 6 ? 4 : 3;
+#else
+  if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) return m <= 1 ? 4 : m <= 2 ? 3 : m <= 5 ? 2 : 1;
+  return m <= 2 ? 4 : m <= 4 ? 3 : m <= 6 ? 2 : 1;
+#endif
 }
 
 template <typename T, typename X>
@@ -332,20 +360,15 @@ void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t 
   rows(w, x, y, M, K, N, n0, n1);
 }
 
-// `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
-template <typename T, typename X>
-void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
-         const float* scale = nullptr) {
-  if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
+// Calls `chunk(n0, n1)` for consecutive chunks of kChunkRows of the N rows of W, on the
+// caller and the pool's threads; returns when every chunk is done.
+template <typename Chunk>
+void parallel_chunks(ffi::ThreadPool& pool, int64_t N, Chunk chunk) {
   auto job = std::make_shared<Job>();
   job->chunks = (N + kChunkRows - 1) / kChunkRows;
-  auto work = [job, w, x, y, M, K, N, scale]() {
+  auto work = [job, N, chunk]() {
     for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
-      const int64_t n0 = c * kChunkRows, n1 = std::min(N, n0 + kChunkRows);
-      chunk_rows(w, x, y, M, K, N, n0, n1);
-      if (scale)
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
+      chunk(c * kChunkRows, std::min(N, (c + 1) * kChunkRows));
       job->done.fetch_add(1, std::memory_order_release);
     }
   };
@@ -353,6 +376,19 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
   work();
   while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+}
+
+// `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
+template <typename T, typename X>
+void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
+         const float* scale = nullptr) {
+  if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
+  parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
+    chunk_rows(w, x, y, M, K, N, n0, n1);
+    if (scale)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
+  });
 }
 
 // The operands' sizes, checked: x [M, K] against w [N, K] or [L, N, K] at `layer`, of
@@ -457,6 +493,193 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecInt8, matvec_int8,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+namespace {
+
+// GGUF k-quant matrices kept as their integer codes, with one float32 scale and min per
+// sub-block of S weights of a row: w[n, k] = scale[n, k / S] * code[n, k] - min[n, k / S],
+// with one rounding (a fused multiply-subtract). That is bit for bit the float32 weight
+// that gguf's dequantization writes (`viasd_jax/gguf_blocks.py` says why), and the rows
+// below add the same products in the same order as `run` does over that float32
+// matrix, so the result is the same to the bit while 1/5 to 1/3 of the bytes stream.
+// Two packings: nibbles (Q4_K: S = 32; byte i of a sub-block holds code i in its low
+// half and code 16 + i in its high half) and bytes (Q6_K, or a layer stack mixing it
+// with Q4_K: S = 16, one code per byte).
+struct Blocks {
+  const uint8_t* codes;
+  const float* scales;
+  const float* mins;
+  int64_t K;
+};
+
+constexpr int64_t kBlockStep = 32;  // weights per step: a sub-block of nibbles
+
+// kLanes weights `scale * code - min` (one rounding) from kLanes codes at `c`: bytes, or
+// with `Nibble` 0 / 1 the low / high halves of kLanes bytes.
+template <int Nibble = -1>
+inline Vec affine(const uint8_t* c, float scale, float min) {
+  Vec v;
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  // widened to 32-bit lanes first, then split: both nibbles' parts share one widening
+#if defined(__AVX512F__)
+  __m512i code = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+  if constexpr (Nibble == 0) code = _mm512_and_si512(code, _mm512_set1_epi32(15));
+  if constexpr (Nibble == 1) code = _mm512_srli_epi32(code, 4);
+  const __m512 w = _mm512_fmsub_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(code), _mm512_set1_ps(min));
+#else
+  __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+  if constexpr (Nibble == 0) code = _mm256_and_si256(code, _mm256_set1_epi32(15));
+  if constexpr (Nibble == 1) code = _mm256_srli_epi32(code, 4);
+  const __m256 w = _mm256_fmsub_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(code), _mm256_set1_ps(min));
+#endif
+  std::memcpy(&v, &w, sizeof v);
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    const int code = Nibble < 0 ? c[i] : Nibble == 0 ? c[i] & 15 : c[i] >> 4;
+    v[i] = std::fma(scale, float(code), -min);
+  }
+#endif
+  return v;
+}
+
+constexpr int kParts = kBlockStep / kLanes;  // vectors per step
+
+// Weights [k + j kLanes, k + (j + 1) kLanes) of row n, part j of a step of 32.
+template <bool Nibbles>
+inline Vec load_blocks(const Blocks& b, int64_t n, int64_t k, int j) {
+  const int64_t first = j * kLanes;  // of the step's 32 weights
+  if constexpr (Nibbles) {  // weights 0-15 are the low nibbles of the 16 bytes, 16-31 the high
+    const int64_t s = n * (b.K / 32) + k / 32;
+    const uint8_t* c = b.codes + n * (b.K / 2) + k / 2 + first % 16;
+    return first >= 16 ? affine<1>(c, b.scales[s], b.mins[s]) : affine<0>(c, b.scales[s], b.mins[s]);
+  } else {
+    const int64_t s = n * (b.K / 16) + (k + first) / 16;
+    return affine(b.codes + n * b.K + k + first, b.scales[s], b.mins[s]);
+  }
+}
+
+// As `accumulate` for float32 weights and activations (the same FMAs in the same order),
+// over all of K, the weights made from their codes in registers.
+template <bool Nibbles, int M, int R>
+inline void accumulate_blocks(const Blocks& b, const float* x, Vec (&acc)[M][R], int64_t n) {
+  const int64_t K = b.K;
+  constexpr int64_t code_bytes = Nibbles ? kBlockStep / 2 : kBlockStep;  // per step and row
+  constexpr int64_t scale_bytes = Nibbles ? sizeof(float) : 2 * sizeof(float);
+  for (int64_t k = 0; k < K; k += kBlockStep) {
+    const int64_t step = k / kBlockStep;
+    for (int r = 0; r < R; ++r) {  // 16 KB of codes ahead, and the scales and mins for them
+      if (step % (64 / code_bytes) == 0)
+        __builtin_prefetch(b.codes + (n + r) * (K / kBlockStep) * code_bytes + step * code_bytes + 16384, 0, 2);
+      if (step % (64 / scale_bytes) == 0) {
+        const int64_t at = ((n + r) * (K / kBlockStep) + step) * (scale_bytes / sizeof(float));
+        const int64_t ahead = 16384 / code_bytes * (scale_bytes / sizeof(float));
+        __builtin_prefetch(b.scales + at + ahead, 0, 2);
+        __builtin_prefetch(b.mins + at + ahead, 0, 2);
+      }
+    }
+    for (int j = 0; j < kParts; ++j) {  // the parts in turn: the float32 path's steps
+      Vec wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = load_blocks<Nibbles>(b, n + r, k, j);
+      for (int m = 0; m < M; ++m) {
+        const Vec xv = load(x + m * K + k + kLanes * j);
+        for (int r = 0; r < R; ++r) acc[m][r] = madd(acc[m][r], wv[r], xv);
+      }
+    }
+  }
+}
+
+template <bool Nibbles, int M, int R>
+void sweep_blocks(const Blocks& b, const float* x, float* y, int64_t N, int64_t n0, int64_t n1) {
+  auto block = [&](auto width, int64_t n) {
+    constexpr int RR = decltype(width)::value;
+    Vec acc[M][RR] = {};
+    accumulate_blocks<Nibbles, M, RR>(b, x, acc, n);
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < RR; ++r) y[m * N + n + r] = lane_sum(acc[m][r]);
+  };
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) block(std::integral_constant<int, R>{}, n);
+  for (; n < n1; ++n) block(std::integral_constant<int, 1>{}, n);
+}
+
+using BlockSweepFn = void (*)(const Blocks&, const float*, float*, int64_t, int64_t, int64_t);
+
+// One weight vector at a time, as float32 (see `rows_per_step`).
+template <bool Nibbles, int... Ms>
+constexpr std::array<BlockSweepFn, sizeof...(Ms)> block_sweeps(std::integer_sequence<int, Ms...>) {
+  return {&sweep_blocks<Nibbles, Ms + 1, rows_per_step<float, float>(Ms + 1)>...};
+}
+
+// Rows [n0, n1) of the blocks as float32, in a buffer of the calling thread.
+template <bool Nibbles>
+const float* dequantized(const Blocks& b, int64_t n0, int64_t n1) {
+  thread_local std::vector<float> buf;
+  buf.resize((n1 - n0) * b.K);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t k = 0; k < b.K; k += kBlockStep)
+      for (int j = 0; j < kParts; ++j) {
+        const Vec w = load_blocks<Nibbles>(b, n, k, j);
+        std::memcpy(buf.data() + (n - n0) * b.K + k + kLanes * j, &w, sizeof w);
+      }
+  return buf.data();
+}
+
+// Up to 9 activation rows (decoding, verification) stream the codes once, in groups of
+// 9 rows; more (prefill, compute-bound) make the chunk's float32 weights once and take
+// the float32 path (the same products in the same order).
+template <bool Nibbles>
+void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y, int64_t M, int64_t N) {
+  static constexpr auto sweeps = block_sweeps<Nibbles>(std::make_integer_sequence<int, 9>{});
+  parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
+    if (M > 9) return rows(dequantized<Nibbles>(b, n0, n1), x, y + n0, M, b.K, N, 0, n1 - n0);
+    sweeps[M - 1](b, x, y, N, n0, n1);
+  });
+}
+
+// x [M, K] float32 against codes [N, C] or [L, N, C] (uint8) with scales and mins
+// [N, S] or [L, N, S] (float32): nibbles if C = K / 2 and S = K / 32, bytes if C = K and
+// S = K / 16; `layer` and `live` as in `matvec`.
+ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
+                         ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), cd = codes.dimensions(), sd = scales.dimensions();
+  if (x.element_type() != ffi::DataType::F32 || codes.element_type() != ffi::DataType::U8)
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: x must be float32 and the codes uint8");
+  if (xd.size() != 2 || (cd.size() != 2 && cd.size() != 3) || sd.size() != cd.size() ||
+      mins.element_count() != scales.element_count())
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: x [M, K], codes [(L,) N, C], scales and mins [(L,) N, S]");
+  const int64_t K = xd[1], C = cd[cd.size() - 1], S = sd[sd.size() - 1], N = cd[cd.size() - 2];
+  const int64_t L = cd.size() == 3 ? cd[0] : 1, l = layer.typed_data()[0];
+  const bool nibbles = C * 2 == K && S * 32 == K;
+  if (K % kBlockStep != 0 || !(nibbles || (C == K && S * 16 == K)) || sd[sd.size() - 2] != N)
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: codes and scales do not match K");
+  if (l < 0 || l >= L) return ffi::Error::InvalidArgument("viasd matvec_blocks: layer index out of range");
+  const int64_t M = std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]);
+  float* out = y->typed_data();
+  std::memset(out + M * N, 0, (xd[0] - M) * N * sizeof(float));
+  if (M == 0) return ffi::Error::Success();
+  const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * N * C, scales.typed_data() + l * N * S,
+                 mins.typed_data() + l * N * S, K};
+  const float* xf = static_cast<const float*>(x.untyped_data());
+  if (nibbles)
+    run_blocks<true>(pool, b, xf, out, M, N);
+  else
+    run_blocks<false>(pool, b, xf, out, M, N);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecBlocks, matvec_blocks,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

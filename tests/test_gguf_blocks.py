@@ -1,0 +1,178 @@
+"""quantize="gguf": a GGUF's Q4_K / Q6_K codes multiply exactly as their float32 weights."""
+
+import platform
+import subprocess
+
+import numpy as np
+import pytest
+
+import viasd_jax
+from viasd_jax import gguf_blocks as G
+from viasd_jax.layout import OutputMajor
+
+gguf = pytest.importorskip("gguf")
+
+
+def random_blocks(rng, kind: str, n: int, k: int) -> np.ndarray:
+    """Random raw `kind` rows `[n, k / 256 * bytes]` with small, finite float16 scales."""
+    nb = k // G.QK
+    if kind == "Q4_K":
+        b = rng.integers(0, 256, (n, nb, 144), dtype=np.uint8)
+        b[..., 0:2] = rng.uniform(1e-4, 3e-4, (n, nb, 1)).astype(np.float16).view(np.uint8)
+        b[..., 2:4] = rng.uniform(1e-4, 3e-4, (n, nb, 1)).astype(np.float16).view(np.uint8)
+    else:
+        b = rng.integers(0, 256, (n, nb, 210), dtype=np.uint8)
+        b[..., 208:210] = rng.uniform(-6e-5, 6e-5, (n, nb, 1)).astype(np.float16).view(np.uint8)
+    return b.reshape(n, -1)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+def test_codes_give_gguf_dequantization(kind):
+    """Our unpacking, expanded with one rounding, is gguf's own float32 dequantization
+    (values equal; zeros may differ in sign, which no kernel sum sees)."""
+    rng = np.random.default_rng(0)
+    raw = random_blocks(rng, kind, 7, 512)
+    unpack, sub = G.UNPACKERS[kind]
+    codes, scales, mins = unpack(raw, 512)
+    assert codes.shape == (7, 512) and scales.shape == mins.shape == (7, 512 // sub)
+    assert codes.max() < (16 if kind == "Q4_K" else 64)
+    want = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[kind])
+    np.testing.assert_array_equal(G.float32_weights(codes, scales, mins), want)
+
+
+def _block_weight(rng, kinds, n, k):
+    """A stacked `BlockWeight` over len(kinds) layers and its float32 weights `[L, n, k]`."""
+    per_layer, dense = [], []
+    for kind in kinds:
+        c, s, m = G.UNPACKERS[kind][0](random_blocks(rng, kind, n, k), k)
+        per_layer.append((c, s, m))
+        dense.append(G.float32_weights(c, s, m))
+    return G._stack(per_layer, (len(kinds), n, k), stacked=True), np.stack(dense)
+
+
+@pytest.mark.parametrize("kinds", [("Q4_K", "Q4_K"), ("Q4_K", "Q6_K")], ids=["nibbles", "bytes"])
+def test_kernel_is_bitwise_the_float32_kernel(kinds):
+    """Every token-group size 1-9 and prefill's path (12, 20 rows), N not a multiple of the
+    row blocks nor of the 48-row chunk, each layer of a stack, `live` rows: the outputs
+    are the float32 kernel's to the bit."""
+    import jax.numpy as jnp
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(1)
+    b, dense = _block_weight(rng, kinds, 53, 512)
+    assert b.nibbles == (kinds == ("Q4_K", "Q4_K"))
+    w = jnp.asarray(dense)
+    for m in (*range(1, 10), 12, 20):
+        x = jnp.asarray(rng.standard_normal((m, 512)).astype(np.float32))
+        for layer in (0, 1):
+            got = np.asarray(cpu_matvec.matvec_blocks(x, b.codes, b.scales, b.mins, b.nibbles, layer))
+            np.testing.assert_array_equal(got.view(np.uint32), np.asarray(cpu_matvec.matvec(x, w, layer)).view(np.uint32))
+    part = np.asarray(cpu_matvec.matvec_blocks(x, b.codes, b.scales, b.mins, b.nibbles, 1, 5))
+    np.testing.assert_array_equal(part[:5], got[:5])
+    assert not part[5:].any()
+    with pytest.raises(ValueError, match="does not match codes"):
+        cpu_matvec.matvec_blocks(x[:, :256], b.codes, b.scales, b.mins, b.nibbles, 0)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])
+def test_kernel_compiles_for_each_vector_width(march):
+    """The kernel's scalar, AVX2 and AVX-512 paths all compile, whichever this CPU runs."""
+    import jax
+
+    from viasd_jax import cpu_matvec
+
+    flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC", "-march=native")]
+    cmd = [cpu_matvec._compiler(), *flags, f"-march={march}", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
+           cpu_matvec.SOURCE]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _gguf_twin(hf_dir, path, rng, mixed_layers=(0, 3)):
+    """A tiny qwen2 model whose matrices are random k-quant blocks, and the GGUF file of
+    those blocks (Q6_K for `attn_v` / `ffn_down` in `mixed_layers` and the head, as
+    Q4_K_M mixes them)."""
+    import jax.numpy as jnp
+
+    from viasd_jax.layout import matrices
+    from viasd_jax.params import leaves_of, params_from_leaves
+
+    model = viasd_jax.load(hf_dir)
+    cfg = model.config
+    leaves = dict(leaves_of(model.params))
+    writer = gguf.GGUFWriter(path, "qwen2")
+    for name, tname in G.GGUF_NAMES.items():
+        shape = leaves[name].w.shape
+        layers = range(cfg.num_layers) if "{i}" in tname else [None]
+        n_contracted = len(matrices()[name][1])
+        n = int(np.prod(shape[int(layers[0] is not None):-n_contracted]))
+        k = int(np.prod(shape[-n_contracted:]))
+        dense = []
+        for i in layers:
+            kind = "Q6_K" if (name in ("wv", "w_down") and i in mixed_layers) or name == "lm_head" else "Q4_K"
+            raw = random_blocks(rng, kind, n, k)
+            writer.add_tensor(tname.format(i=i), raw, raw_dtype=gguf.GGMLQuantizationType[kind])
+            dense.append(G.float32_weights(*G.UNPACKERS[kind][0](raw, k)).reshape(shape[-len(shape) + (i is not None):]))
+        leaves[name] = OutputMajor(jnp.asarray(np.stack(dense) if layers[0] is not None else dense[0]), kernel=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model.__class__(**{**vars(model), "params": params_from_leaves(cfg, leaves)})
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    from hf_models import make_hf_model
+
+    root = tmp_path_factory.mktemp("gguf")
+    hf_dir = str(root / "hf")
+    # every matrix's K (256 or 512) a whole number of 256-weight k-quant blocks
+    make_hf_model("qwen2", hf_dir, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                  num_key_value_heads=2)
+    from hf_models import make_tokenizer
+
+    make_tokenizer(hf_dir)
+    path = str(root / "tiny.gguf")
+    dense = _gguf_twin(hf_dir, path, np.random.default_rng(2))
+    blocks = dense.__class__(**{**vars(dense), "params": G.block_params(dense.params, dense.config, path,
+                                                                        progress=False)})
+    return dense, blocks, path
+
+
+def test_block_model_generates_exactly_the_float32_model(twins):
+    """Greedy tokens and every step's logits are the same bits; sd over the block target
+    stays exact too. The head and the mixed stacks take the byte packing."""
+    dense, blocks, _ = twins
+    assert isinstance(blocks.params.layers.wq.w, G.BlockWeight) and blocks.params.layers.wq.w.nibbles
+    assert not blocks.params.layers.w_down.w.nibbles and not blocks.params.lm_head.w.nibbles
+    prompt = [[5, 9, 11, 3, 7, 21, 8]]
+    a = viasd_jax.generate(dense, prompt, max_new_tokens=12, chat_template=False)
+    b = viasd_jax.generate(blocks, prompt, max_new_tokens=12, chat_template=False)
+    assert a.tokens == b.tokens
+    seq = [prompt[0] + a.tokens[0]]  # scored in one pass: prefill's many-row path
+    np.testing.assert_array_equal(np.asarray(viasd_jax.score(dense, seq)).view(np.uint32),
+                                  np.asarray(viasd_jax.score(blocks, seq)).view(np.uint32))
+    sd = viasd_jax.generate(blocks, prompt, max_new_tokens=12, chat_template=False, drafter=dense, mode="sd", gamma=3)
+    assert sd.tokens == a.tokens
+
+
+def test_block_loading_refuses_what_it_cannot_reproduce(twins, hf_dirs, tmp_path):
+    dense, _, path = twins
+    other = viasd_jax.load(hf_dirs["qwen2"])  # different weights and shapes
+    with pytest.raises(ValueError, match="does not reproduce|no tensor|cannot"):
+        G.block_params(other.params, other.config, path, progress=False)
+    with pytest.raises(ValueError, match="needs the model's GGUF file"):
+        viasd_jax.load(hf_dirs["qwen2"], quantize="gguf")
+    with pytest.raises(ValueError, match="dtype must be float32"):
+        viasd_jax.load(path, quantize="gguf", dtype="bfloat16")
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        bad = tmp_path / "bad.gguf"
+        bad.write_bytes(b"GGUF" + b"\0" * 16)
+        G.gguf_matrices(str(bad))
+    from viasd_jax.quant import quantize
+
+    with pytest.raises(ValueError, match="pass it to load"):
+        quantize(dense, "gguf")

@@ -1,0 +1,207 @@
+"""A GGUF model's k-quant matrices kept as their codes: exact, and 4-5x fewer bytes.
+
+The real models here are Q4_K_M GGUF files; `load` dequantizes them to float32, which
+then streams 4 bytes per weight through every decoding step. `load(name, quantize="gguf")`
+keeps each Q4_K or Q6_K matrix as its integer codes plus one float32 scale and min per
+sub-block, `w = scale * code - min`, and the CPU kernel (`cpu_matvec.matvec_blocks`)
+makes the float32 weights in registers. The output is bit for bit the float32 model's:
+
+- gguf's dequantization computes, in float32, Q4_K's `(d * sc) * q - dmin * m` and
+  Q6_K's `(d * sc) * (q - 32)`. `d`, `dmin` are float16 (11 significant bits), `sc`, `m`
+  6- or 8-bit integers, `q` 4 or 6 bits, so `d * sc`, `dmin * m` and Q4_K's `(d * sc) * q`
+  are exact in float32, leaving one rounding: the last subtraction (Q4_K) or product (Q6_K).
+- The kernel computes `fma(scale, code, -min)`, one rounding of the exact value: with
+  `scale = d * sc`, `min = dmin * m` (Q4_K), and `code = q`, `min = 32 * scale` (Q6_K,
+  `code = q + 32`, so that every code is unsigned) that is the same float32 number.
+- The kernel then adds the products in the float32 path's order (`csrc/matvec.cc`).
+
+Loading checks the first claim on every matrix: the codes, expanded here in float64 and
+rounded once, must equal the float32 checkpoint's weights (bit for bit but the sign of
+zeros, which changes no sum), else it refuses.
+
+Kernel packings (`BlockWeight.codes`): a stack of only Q4_K matrices packs two codes per
+byte with sub-blocks of 32 (0.75 bytes per weight with its scales); one with any Q6_K
+layer (Q4_K_M mixes them in `ffn_down`, `attn_v` and the head) one code per byte with
+sub-blocks of 16 (1.5 bytes per weight). The embedding table stays float32 (decoding
+reads one row of it). CPU only, float32 activations; the drafter may be quantized as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+QK = 256  # weights per k-quant super-block
+# our leaf -> GGUF tensor name ("{i}": the layer)
+GGUF_NAMES = {"wq": "blk.{i}.attn_q.weight", "wk": "blk.{i}.attn_k.weight", "wv": "blk.{i}.attn_v.weight",
+              "wo": "blk.{i}.attn_output.weight", "w_gate": "blk.{i}.ffn_gate.weight",
+              "w_up": "blk.{i}.ffn_up.weight", "w_down": "blk.{i}.ffn_down.weight", "lm_head": "output.weight"}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockWeight:
+    """A matrix as k-quant codes, `w[.., n, k] = scales[.., n, k // S] * code - mins[.., n, k // S]`.
+
+    codes: uint8 `[(L,) N, K // 2]` (`nibbles`: two codes per byte, S = 32) or `[(L,) N, K]` (S = 16);
+    scales, mins: float32 `[(L,) N, K // S]`; `shape`: the output-major shape it stands for
+    (`[(L,) *outputs, *contracted]`, whose trailing product is K).
+    """
+
+    codes: jax.Array
+    scales: jax.Array
+    mins: jax.Array
+    shape: tuple = dataclasses.field(metadata=dict(static=True))
+    nibbles: bool = dataclasses.field(metadata=dict(static=True))  # two codes per byte
+
+    @property
+    def dtype(self):
+        return jnp.dtype(jnp.float32)
+
+
+# ---- GGUF block formats (numpy; the layouts of ggml's k-quants) ----
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
+
+
+def q4_k_codes(raw: np.ndarray, k: int):
+    """Q4_K rows `raw [N, K / 256 * 144]` -> codes uint8 `[N, K]` (0-15), scales and mins
+    float32 `[N, K / 32]`."""
+    n = raw.shape[0]
+    b = raw.reshape(n, k // QK, 144)
+    d, dmin, sm, qs = _f16(b[..., 0:2]), _f16(b[..., 2:4]), b[..., 4:16], b[..., 16:]
+    lo, hi, mix = sm[..., 0:4], sm[..., 4:8], sm[..., 8:12]  # 6-bit scales and mins, packed
+    sc = np.concatenate([lo & 0x3F, (mix & 0x0F) | ((lo >> 2) & 0x30)], axis=-1).astype(np.float32)
+    mn = np.concatenate([hi & 0x3F, (mix >> 4) | ((hi >> 2) & 0x30)], axis=-1).astype(np.float32)
+    # 4 chunks of 32 bytes: low nibbles are sub-block 2c, high nibbles 2c + 1
+    q = qs.reshape(n, k // QK, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
+    codes = (q & 0x0F).reshape(n, k)
+    return codes, (d * sc).reshape(n, -1), (dmin * mn).reshape(n, -1)
+
+
+def q6_k_codes(raw: np.ndarray, k: int):
+    """Q6_K rows `raw [N, K / 256 * 210]` -> codes uint8 `[N, K]` (q + 32: 0-63), scales
+    float32 `[N, K / 16]` and mins (32 * scales)."""
+    n = raw.shape[0]
+    b = raw.reshape(n, k // QK, 210)
+    ql, qh, sc, d = b[..., :128], b[..., 128:192], b[..., 192:208].view(np.int8), _f16(b[..., 208:210])
+    low = ql.reshape(n, k // QK, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
+    high = qh.reshape(n, k // QK, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)
+    codes = ((low & 0x0F).reshape(n, k // QK, 8, 32) | ((high & 0x03).reshape(n, k // QK, 8, 32) << 4)).reshape(n, k)
+    scales = (d * sc.astype(np.float32)).reshape(n, -1)
+    return codes, scales, scales * np.float32(32)
+
+
+def float32_weights(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
+    """Unpacked codes `[N, K]` with per-sub-block scales, mins `[N, K / S]` -> float32: the
+    exact value `scale * code - min` (float64 holds it) rounded once, as the kernel's FMA."""
+    s = codes.shape[-1] // scales.shape[-1]
+    w = np.repeat(scales.astype(np.float64), s, axis=-1) * codes - np.repeat(mins.astype(np.float64), s, axis=-1)
+    return w.astype(np.float32)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """codes `[N, K]` (0-15) -> `[N, K / 2]`: per sub-block of 32, byte i = code i | code 16 + i << 4."""
+    c = codes.reshape(*codes.shape[:-1], -1, 2, 16)
+    return (c[..., 0, :] | (c[..., 1, :] << 4)).reshape(*codes.shape[:-1], -1)
+
+
+UNPACKERS = {"Q4_K": (q4_k_codes, 32), "Q6_K": (q6_k_codes, 16)}
+
+
+# ---- from a GGUF file to params ----
+
+def gguf_matrices(gguf_path: str) -> dict:
+    """{tensor name: (type name, raw uint8 rows [N, bytes], K)} of a GGUF file (memory-mapped)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ImportError("quantize='gguf' reads the GGUF file with the `gguf` package: pip install 'viasd-jax[hf]'") from None
+    try:
+        reader = GGUFReader(gguf_path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{gguf_path}: not a readable GGUF file ({e})") from None
+    return {t.name: (t.tensor_type.name, t.data, int(t.shape[0])) for t in reader.tensors}
+
+
+def block_params(params, cfg, gguf_path: str, verify: bool = True, progress: bool = True):
+    """`params` (float32, layout "cpu-kernel") with every matrix that the GGUF file holds
+    as Q4_K or Q6_K replaced by its `BlockWeight`; raises if any other matrix type is
+    found or, with `verify`, if the codes do not give the params' float32 weights exactly."""
+    from tqdm.auto import tqdm
+
+    from viasd_jax.layout import OutputMajor, layout_of
+    from viasd_jax.params import leaves_of, params_from_leaves
+
+    if layout_of(params) != "cpu-kernel":
+        raise ValueError("quantize='gguf' multiplies with the CPU kernel: load with layout='auto' or 'cpu-kernel' on a CPU")
+    tensors = gguf_matrices(gguf_path)
+    leaves = dict(leaves_of(params))
+    todo = [name for name in GGUF_NAMES if isinstance(leaves.get(name), OutputMajor)]
+    for name in tqdm(todo, desc="gguf blocks", disable=not progress):
+        w = leaves[name].w
+        if getattr(w, "dtype", None) != jnp.float32:
+            raise ValueError(f"quantize='gguf' replaces float32 matrices; {name} is {getattr(w, 'dtype', type(w))}")
+        layers = range(cfg.num_layers) if "{i}" in GGUF_NAMES[name] else [None]
+        per_layer = []
+        for i in layers:
+            tname = GGUF_NAMES[name].format(i=i)
+            if tname not in tensors:
+                raise ValueError(f"{gguf_path}: no tensor {tname} for {name}")
+            kind, raw, k = tensors[tname]
+            if kind not in UNPACKERS:
+                raise ValueError(f"{gguf_path}: {tname} is {kind}; quantize='gguf' keeps Q4_K and Q6_K matrices only")
+            unpack, _ = UNPACKERS[kind]
+            codes, scales, mins = unpack(np.asarray(raw), k)
+            if verify:
+                want = np.asarray(w[i] if i is not None else w).reshape(codes.shape)
+                if not _reproduces(codes, scales, mins, want):
+                    raise ValueError(f"{gguf_path}: {tname} does not reproduce the loaded model's {name} exactly "
+                                     "(is this the GGUF file the checkpoint was converted from?)")
+            per_layer.append((codes, scales, mins))
+        leaves[name] = OutputMajor(_stack(per_layer, w.shape, i is not None), kernel=True)
+    return params_from_leaves(cfg, leaves)
+
+
+def _reproduces(codes, scales, mins, want: np.ndarray, rows: int = 4096) -> bool:
+    """Whether the codes give `want` (float32 `[N, K]`) exactly (in chunks of rows: the
+    float64 expansion of a whole head would take gigabytes). Zeros may differ in sign
+    (gguf's `scale * 0` is -0 for a negative scale, the FMA's is +0): the kernel's sums
+    start at +0, to which either adds nothing, so the outputs are the same bits."""
+    return all(np.array_equal(float32_weights(codes[r:r + rows], scales[r:r + rows], mins[r:r + rows]), want[r:r + rows])
+               for r in range(0, codes.shape[0], rows))
+
+
+def _stack(per_layer, shape, stacked: bool) -> BlockWeight:
+    """Unpacked `(codes [N, K], scales, mins)` per layer (one for a top-level matrix) -> a
+    `BlockWeight` in the kernel's packing: nibbles if every sub-block is 32 wide (all
+    Q4_K), else one code per byte with sub-blocks of 16."""
+    k = per_layer[0][0].shape[-1]
+    nibbles = all(s.shape[-1] * 32 == k for _, s, _ in per_layer)
+    codes, scales, mins = [], [], []
+    for c, s, m in per_layer:
+        if not nibbles and s.shape[-1] * 32 == k:  # Q4_K in a stack with Q6_K: each scale covers two 16s
+            s, m = np.repeat(s, 2, axis=-1), np.repeat(m, 2, axis=-1)
+        codes.append(pack_nibbles(c) if nibbles else c)
+        scales.append(s)
+        mins.append(m)
+    pick = np.stack if stacked else (lambda xs: xs[0])
+    return BlockWeight(jnp.asarray(pick(codes)), jnp.asarray(pick(scales)), jnp.asarray(pick(mins)), tuple(shape),
+                       nibbles)
+
+
+def gguf_file_for(path: str) -> str:
+    """The GGUF file behind `path`: a registered model name (fetched if needed) or a .gguf file."""
+    from viasd_jax import fetch
+
+    if not os.path.exists(path) and path in fetch.MODELS:
+        return fetch.fetch_gguf(path)
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return path
+    raise ValueError(f"{path}: quantize='gguf' needs the model's GGUF file: pass a .gguf path or a registered "
+                     f"model name ({', '.join(fetch.MODELS)})")
