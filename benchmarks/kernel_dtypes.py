@@ -3,18 +3,23 @@
 Part 1 times `cpu_matvec.matvec` over every layer of a stacked weight shaped like the
 real models' largest matrices (Qwen2.5-Coder-1.5B's MLP, 28 x 8960 x 1536, and the
 0.5B's, 24 x 4864 x 896) for a few activation-row counts (best of `--repeats`), in
-five kernel paths: float32; bfloat16 weights widened against float32 activations;
+seven kernel paths: float32; bfloat16 weights widened against float32 activations;
 bfloat16 weights and activations (the dot-product path a bfloat16 model takes); int8
 weights (per-row scales) against float32 activations; int8 weights against bfloat16
-activations (converted to bfloat16 for the dot product).
-Part 2 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
+activations (converted to bfloat16 for the dot product); GGUF k-quant codes against
+float32 activations (`matvec_blocks`), two per byte (Q4_K stacks, 0.75 bytes per
+weight with their scales) and one per byte (stacks with Q6_K, 1.5 bytes per weight).
+GB/s counts the bytes each path streams (codes, scales and mins included).
+Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
+float32 and as its GGUF codes (`load(..., quantize="gguf")`, the same outputs).
+Part 3 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
 drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype (and
 int8 over bfloat16) against the target's float32 1-token forward: for 1 token, `c` as
 the bench header prints it.
 Usage:
 
     python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
-        [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
+        [--gguf] [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
 """
 
 from __future__ import annotations
@@ -34,37 +39,53 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "bf16 w+x": (jnp.bfloat16, jnp.bfloat16),
     "int8 w": (jnp.int8, jnp.float32),
     "int8 w, bf16 x": (jnp.int8, jnp.bfloat16),
+    "gguf nibbles": ("nibbles", jnp.float32),
+    "gguf bytes": ("bytes", jnp.float32),
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
-            "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8")}
+            "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf")}
+
+
+def weights_and_product(layers: int, n: int, k: int, w_dtype):
+    """(weight operands, `product(x, w, layer)`, bytes streamed per pass over all layers)."""
+    if w_dtype in ("nibbles", "bytes"):
+        nibbles, sub = (True, 32) if w_dtype == "nibbles" else (False, 16)
+        w = (jnp.full((layers, n, k // 2 if nibbles else k), 7, jnp.uint8),
+             jnp.ones((layers, n, k // sub), jnp.float32), jnp.ones((layers, n, k // sub), jnp.float32))
+        return w, lambda x, w, i: cpu_matvec.matvec_blocks(x, *w, nibbles, i), sum(a.nbytes for a in w)
+    w = jnp.ones((layers, n, k), w_dtype)
+    scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
+    return w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale), w.nbytes + (scale.nbytes if scale is not None else 0)
 
 
 def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
     """(seconds, GB/s) for one matvec per layer of a `[layers, n, k]` weight."""
     w_dtype, x_dtype = dtypes
-    w = jnp.ones((layers, n, k), w_dtype)
+    w, product, nbytes = weights_and_product(layers, n, k, w_dtype)
     x = jnp.ones((rows, k), x_dtype)
-    scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
-    every_layer = jax.jit(lambda x, w: sum(cpu_matvec.matvec(x, w, i, None, scale)[0, 0] for i in range(layers)))
+    every_layer = jax.jit(lambda x, w: sum(product(x, w, i)[0, 0] for i in range(layers)))
     every_layer(x, w).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         every_layer(x, w).block_until_ready()
         best = min(best, time.perf_counter() - t0)
-    return best, w.size * w.dtype.itemsize / best / 1e9
+    return best, nbytes / best / 1e9
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="1,2,5,9,64")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--paths", default=",".join(PATHS), help="kernel paths to time (comma-separated)")
+    ap.add_argument("--gguf", action="store_true", help="also time the target's forwards as float32 and GGUF codes")
     ap.add_argument("--drafter", help="also time this drafter's forwards in each dtype")
+    ap.add_argument("--drafter-kinds", default=",".join(DRAFTERS), help="drafter dtypes to time (comma-separated)")
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
     ap.add_argument("--tokens", default="1,5,64", help="new tokens per timed drafter forward")
     args = ap.parse_args()
 
-    names = list(PATHS)
+    names = args.paths.split(",")
     print("| matrix | rows | " + " | ".join(f"{p} ms | {p} GB/s" for p in names)
           + " | " + " | ".join(f"{p} speedup" for p in names[1:]) + " |")
     print("|---|---:|" + "---:|" * (3 * len(names) - 1))
@@ -75,18 +96,29 @@ def main():
             ratios = " | ".join(f"{got[0][0] / t:.2f}" for t, _ in got[1:])
             print(f"| {name} | {rows} | {cells} | {ratios} |")
 
-    if args.drafter:
-        import viasd_jax
-        from viasd_jax.bench import costs
+    import viasd_jax
+    from viasd_jax.bench import costs
 
+    if args.gguf:
+        print("\n| target | new tokens | ms | vs float32 |")
+        print("|---|---:|---:|---:|")
+        times = {}
+        for label, quantize in (("float32", None), ("gguf codes", "gguf")):
+            target = viasd_jax.load(args.target, quantize=quantize)
+            for tokens in (int(t) for t in args.tokens.split(",")):
+                times[label, tokens] = t = costs.forward_seconds(target, tokens, repeats=args.repeats)
+                print(f"| {label} | {tokens} | {t * 1e3:.1f} | {times['float32', tokens] / t:.2f} |", flush=True)
+            del target
+
+    if args.drafter:
         target = viasd_jax.load(args.target)
         t1 = costs.forward_seconds(target, 1, repeats=args.repeats)
         del target
         print(f"\ntarget 1-token forward {t1 * 1e3:.1f} ms")
         print("| drafter dtype | new tokens | ms | in target 1-token forwards |")
         print("|---|---:|---:|---:|")
-        for dtype, load_args in DRAFTERS.items():
-            drafter = viasd_jax.load(args.drafter, **load_args)
+        for dtype in args.drafter_kinds.split(","):
+            drafter = viasd_jax.load(args.drafter, **DRAFTERS[dtype])
             for tokens in (int(t) for t in args.tokens.split(",")):
                 d = costs.forward_seconds(drafter, tokens, repeats=args.repeats)
                 print(f"| {dtype} | {tokens} | {d * 1e3:.1f} | {d / t1:.3f} |")

@@ -5,7 +5,7 @@ bench's cost header does) of `--model` in `--dtype`, traces `--repeats` more, an
 prints the ops with the most total time on the host threads (XLA's CPU ops and the
 kernel's FFI calls). Usage:
 
-    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--tokens 1]
+    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--quantize gguf] [--tokens 1]
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ def main():
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--cache-dtype", default=None, help="the KV cache's dtype (default: cache.kv_dtype's choice)")
+    ap.add_argument("--quantize", default=None, help="int8, or gguf (the target's own GGUF codes)")
     ap.add_argument("--tokens", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
 
-    model = viasd_jax.load(args.model, dtype=args.dtype)
+    model = viasd_jax.load(args.model, dtype=args.dtype, quantize=args.quantize)
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool)
     toks = jnp.ones((1, args.tokens), jnp.int32)
