@@ -176,3 +176,23 @@ def test_block_loading_refuses_what_it_cannot_reproduce(twins, hf_dirs, tmp_path
 
     with pytest.raises(ValueError, match="pass it to load"):
         quantize(dense, "gguf")
+
+
+def test_generate_keeps_gguf_codes_by_default_where_they_apply(twins, hf_dirs, tmp_path):
+    """`viasd generate --quantize auto` (the default) takes the codes for a GGUF of Q4_K /
+    Q6_K matrices, and float weights for anything else."""
+    from viasd_jax.cli import target_quantize
+
+    _, _, path = twins
+    assert G.codes_usable(path) and target_quantize("auto", path, None, "auto") == "gguf"
+    assert not G.codes_usable(path, dtype="bfloat16") and not G.codes_usable(path, layout="input-major")
+    assert target_quantize("auto", hf_dirs["qwen2"], None, "auto") is None  # no GGUF file behind it
+    assert target_quantize("none", path, None, "auto") is None and target_quantize("int8", path, None, "auto") == "int8"
+    other = str(tmp_path / "f32.gguf")  # float matrices: nothing to keep
+    writer = gguf.GGUFWriter(other, "qwen2")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((256, 256), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert not G.codes_usable(other)

@@ -90,15 +90,28 @@ def default_drafter_quantize(requested: str | None, target_dtype, quantize: str 
     return "int8" if str(target_dtype) == "float32" else None
 
 
+def target_quantize(requested: str | None, target: str, dtype: str | None, layout: str) -> str | None:
+    """The target's `quantize` for `viasd generate`: "auto" keeps a GGUF model's own codes
+    where the CPU kernel can multiply them (`gguf_blocks.codes_usable`: the same output bit
+    for bit as float32, 2.2x faster decoding on this CPU, docs/performance.md), else None;
+    "none" is None."""
+    if requested == "auto":
+        from viasd_jax import gguf_blocks
+
+        return "gguf" if gguf_blocks.codes_usable(target, dtype, layout) else None
+    return None if requested in (None, "none") else requested
+
+
 def cmd_generate(args) -> None:
     import viasd_jax
     from viasd_jax.generate import parse_widths
 
     widths = None if args.verify_widths is None else parse_widths(args.verify_widths)  # bad text fails before loading
     prompts = _read_prompts(args)
-    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=args.quantize, layout=args.layout)
-    drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, args.quantize)
-    drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, args.quantize)
+    quantize = target_quantize(args.quantize, args.target, args.dtype, args.layout)
+    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=quantize, layout=args.layout)
+    drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, quantize)
+    drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, quantize)
     drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
@@ -181,7 +194,7 @@ def cmd_bench(args) -> None:
             options["pending_bound"] = args.pending_bound
         report = run_bench(args.target, args.prompts, systems, drafter_path=args.drafter,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, limit=args.limit, options=options,
-                           with_quality=not args.no_quality, quantize=args.quantize,
+                           with_quality=not args.no_quality, quantize=None if args.quantize == "none" else args.quantize,
                            layout=args.layout, checkpoint=args.checkpoint, drafter_dtype=args.drafter_dtype)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
@@ -259,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
-    g.add_argument("--quantize", choices=["int8", "gguf"], default=None,
-                   help="int8: weight-only matrices (target and drafter; lossy); gguf: the target's own GGUF "
-                        "Q4_K/Q6_K codes, multiplied exactly as its float32 weights (a registered model or .gguf; CPU)")
+    g.add_argument("--quantize", choices=["auto", "none", "int8", "gguf"], default="auto",
+                   help="gguf: the target's own GGUF Q4_K/Q6_K codes, multiplied exactly as its float32 weights "
+                        "(a registered model or .gguf; CPU); int8: weight-only matrices (target and drafter; lossy); "
+                        "none: float weights; auto (default): gguf where it applies, else none")
     g.add_argument("--drafter-quantize", choices=["int8", "none"], default=None,
                    help="the drafter's matrices (default: int8 under a float32 target, else as --quantize); "
                         "a drafter only proposes, so lossless output is unchanged")
@@ -302,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
-    b.add_argument("--quantize", choices=["int8", "gguf"], default=None,
+    b.add_argument("--quantize", choices=["none", "int8", "gguf"], default=None,
                    help="int8 weight-only matrices for our systems; gguf: the target keeps its GGUF codes (exact) "
                         "(the hf-* peers keep --dtype)")
     b.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)

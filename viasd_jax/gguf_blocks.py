@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +194,26 @@ def _stack(per_layer, shape, stacked: bool) -> BlockWeight:
     pick = np.stack if stacked else (lambda xs: xs[0])
     return BlockWeight(jnp.asarray(pick(codes)), jnp.asarray(pick(scales)), jnp.asarray(pick(mins)), tuple(shape),
                        nibbles)
+
+
+def codes_usable(path: str, dtype=None, layout: str = "auto") -> bool:
+    """Whether `load(path, quantize="gguf")` keeps this model's GGUF codes: `path` a
+    registered model or a .gguf file, float32, the CPU kernel's layout on one CPU, and
+    every matrix of the file Q4_K or Q6_K (the header is read; a registered model's
+    file is fetched if missing, as loading it would)."""
+    from viasd_jax import fetch
+    from viasd_jax import layout as LY
+
+    if dtype is not None and jnp.dtype(dtype) != jnp.float32:
+        return False
+    if not ((not os.path.exists(path) and path in fetch.MODELS) or (os.path.isfile(path) and path.endswith(".gguf"))):
+        return False
+    if LY.resolve(layout, dtype=jnp.float32) != "cpu-kernel":
+        return False
+    ours = set(GGUF_NAMES.values())
+    kinds = {kind for name, (kind, _, _) in gguf_matrices(gguf_file_for(path)).items()
+             if re.sub(r"^blk\.\d+\.", "blk.{i}.", name) in ours}
+    return bool(kinds) and kinds <= set(UNPACKERS)
 
 
 def gguf_file_for(path: str) -> str:
