@@ -7,8 +7,8 @@ seven kernel paths: float32; bfloat16 weights widened against float32 activation
 bfloat16 weights and activations (the dot-product path a bfloat16 model takes); int8
 weights (per-row scales) against float32 activations; int8 weights against bfloat16
 activations (converted to bfloat16 for the dot product); GGUF k-quant codes against
-float32 activations (`matvec_blocks`), two per byte (Q4_K stacks, 0.75 bytes per
-weight with their scales) and one per byte (stacks with Q6_K, 1.5 bytes per weight).
+float32 activations (`matvec_blocks`), two per byte (Q4_K, 0.75 bytes per weight with
+their scales and mins) and one per byte (Q6_K, 1.25 bytes per weight with their scales).
 GB/s counts the bytes each path streams (codes, scales and mins included).
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
 float32 and as its GGUF codes (`load(..., quantize="gguf")`, the same outputs).
@@ -49,21 +49,27 @@ DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16")
 def weights_and_product(layers: int, n: int, k: int, w_dtype):
     """(weight operands, `product(x, w, layer)`, bytes streamed per pass over all layers)."""
     if w_dtype in ("nibbles", "bytes"):
-        nibbles, sub = (True, 32) if w_dtype == "nibbles" else (False, 16)
-        w = (jnp.full((layers, n, k // 2 if nibbles else k), 7, jnp.uint8),
-             jnp.ones((layers, n, k // sub), jnp.float32), jnp.ones((layers, n, k // sub), jnp.float32))
-        return w, lambda x, w, i: cpu_matvec.matvec_blocks(x, *w, nibbles, i), sum(a.nbytes for a in w)
+        from viasd_jax.gguf_blocks import KINDS, BlockWeight
+
+        q4 = w_dtype == "nibbles"
+        sub = 32 if q4 else 16
+        w = BlockWeight(jnp.full((layers, n, k // 2 if q4 else k), 7, jnp.uint8), jnp.ones((layers, n, k // sub)),
+                        jnp.ones((layers, n, k // sub)) if q4 else jnp.zeros((0,)),
+                        jnp.full((layers,), KINDS["Q4_K" if q4 else "Q6_K"], jnp.int32), (layers, n, k), k)
+        return w, lambda x, w, i: cpu_matvec.matvec_blocks(x, w, i), sum(a.nbytes for a in jax.tree.leaves(w))
     w = jnp.ones((layers, n, k), w_dtype)
     scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
     return w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale), w.nbytes + (scale.nbytes if scale is not None else 0)
 
 
 def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
-    """(seconds, GB/s) for one matvec per layer of a `[layers, n, k]` weight."""
+    """(seconds, GB/s) for one matvec per layer of a `[layers, n, k]` weight, one after
+    another as a model's layers run (a loop: independent products in straight-line code
+    would run side by side on XLA's threads, each then on one thread)."""
     w_dtype, x_dtype = dtypes
     w, product, nbytes = weights_and_product(layers, n, k, w_dtype)
     x = jnp.ones((rows, k), x_dtype)
-    every_layer = jax.jit(lambda x, w: sum(product(x, w, i)[0, 0] for i in range(layers)))
+    every_layer = jax.jit(lambda x, w: jax.lax.fori_loop(0, layers, lambda i, s: s + product(x, w, i)[0, 0], 0.0))
     every_layer(x, w).block_until_ready()
     best = float("inf")
     for _ in range(repeats):

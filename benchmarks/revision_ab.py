@@ -10,7 +10,7 @@ Prints each round's total and decoding seconds and the mean ratios to the first
 revision. The default, one new token, times prefill. Usage:
 
     python benchmarks/revision_ab.py --revisions HEAD~1,HEAD [--model qwen2.5-coder-1.5b]
-        [--dtype float32] [--limit 4] [--rounds 2] [--new-tokens 1]
+        [--dtype float32] [--quantize gguf] [--limit 4] [--rounds 2] [--new-tokens 1]
         [--drafter qwen2.5-coder-0.5b --drafter-dtype bfloat16 --drafter-quantize int8]
 """
 
@@ -28,7 +28,7 @@ import json, sys, time
 import viasd_jax
 a = json.loads(sys.argv[1])
 assert viasd_jax.__file__.startswith(a["tree"]), viasd_jax.__file__
-m = viasd_jax.load(a["model"], dtype=a["dtype"])
+m = viasd_jax.load(a["model"], dtype=a["dtype"], **({"quantize": a["quantize"]} if a["quantize"] else {}))
 kw = dict(max_new_tokens=a["new_tokens"], max_len=1024)
 if a["drafter"]:
     load = dict(dtype=a["drafter_dtype"], **({"quantize": a["drafter_quantize"]} if a["drafter_quantize"] else {}))
@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--revisions", required=True, help="comma-separated git revisions; the first is the baseline")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quantize", choices=["int8", "gguf"], default=None, help="the target's quantize (gguf: its codes)")
     ap.add_argument("--prompts", default=os.path.abspath("../shared/data/prompts-dev.jsonl"))
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
@@ -85,7 +86,8 @@ def main():
         trees = {r: export(r, root) for r in revisions}
         for i in range(args.rounds):
             for r in revisions:
-                child = dict(tree=trees[r], model=args.model, dtype=args.dtype, prompts=args.prompts,
+                child = dict(tree=trees[r], model=args.model, dtype=args.dtype, quantize=args.quantize,
+                             prompts=args.prompts,
                              limit=args.limit, new_tokens=args.new_tokens, drafter=args.drafter,
                              drafter_dtype=args.drafter_dtype, drafter_quantize=args.drafter_quantize)
                 done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], cwd=trees[r],
@@ -99,7 +101,7 @@ def main():
     mean = {r: sum(times[r]) / args.rounds for r in revisions}
     mean_decode = {r: sum(decode[r]) / args.rounds for r in revisions}
     what = f"sd with {args.drafter}" if args.drafter else "plain decoding"
-    print(f"\n{args.model} {args.dtype}, {what}, {args.new_tokens} new token(s) of {args.limit} prompts, "
+    print(f"\n{args.model} {args.dtype}{' as ' + args.quantize if args.quantize else ''}, {what}, {args.new_tokens} new token(s) of {args.limit} prompts, "
           f"mean of {args.rounds} rounds")
     print("| revision | seconds | speedup over the first | decoding seconds | decoding speedup |")
     print("|---|---:|---:|---:|---:|")

@@ -45,34 +45,36 @@ def _block_weight(rng, kinds, n, k):
     per_layer, dense = [], []
     for kind in kinds:
         c, s, m = G.UNPACKERS[kind][0](random_blocks(rng, kind, n, k), k)
-        per_layer.append((c, s, m))
+        per_layer.append((kind, c, s, m))
         dense.append(G.float32_weights(c, s, m))
     return G._stack(per_layer, (len(kinds), n, k), stacked=True), np.stack(dense)
 
 
-@pytest.mark.parametrize("kinds", [("Q4_K", "Q4_K"), ("Q4_K", "Q6_K")], ids=["nibbles", "bytes"])
+@pytest.mark.parametrize("kinds", [("Q4_K", "Q4_K"), ("Q4_K", "Q6_K"), ("Q6_K", "Q6_K")],
+                         ids=["nibbles", "mixed", "bytes"])
 def test_kernel_is_bitwise_the_float32_kernel(kinds):
     """Every token-group size 1-9 and prefill's path (12, 20 rows), N not a multiple of the
-    row blocks nor of the 48-row chunk, each layer of a stack, `live` rows: the outputs
-    are the float32 kernel's to the bit."""
+    row blocks nor of the 48-row chunk, each layer of a stack (of one kind, or of both as
+    Q4_K_M mixes them), `live` rows: the outputs are the float32 kernel's to the bit."""
     import jax.numpy as jnp
 
     from viasd_jax import cpu_matvec
 
     rng = np.random.default_rng(1)
     b, dense = _block_weight(rng, kinds, 53, 512)
-    assert b.nibbles == (kinds == ("Q4_K", "Q4_K"))
+    assert b.codes.shape[-1] == (256 if kinds == ("Q4_K", "Q4_K") else 512)  # all Q4_K: two codes per byte
+    assert (b.mins.size == 0) == ("Q4_K" not in kinds)  # Q6_K derives its mins
     w = jnp.asarray(dense)
     for m in (*range(1, 10), 12, 20):
         x = jnp.asarray(rng.standard_normal((m, 512)).astype(np.float32))
         for layer in (0, 1):
-            got = np.asarray(cpu_matvec.matvec_blocks(x, b.codes, b.scales, b.mins, b.nibbles, layer))
+            got = np.asarray(cpu_matvec.matvec_blocks(x, b, layer))
             np.testing.assert_array_equal(got.view(np.uint32), np.asarray(cpu_matvec.matvec(x, w, layer)).view(np.uint32))
-    part = np.asarray(cpu_matvec.matvec_blocks(x, b.codes, b.scales, b.mins, b.nibbles, 1, 5))
+    part = np.asarray(cpu_matvec.matvec_blocks(x, b, 1, 5))
     np.testing.assert_array_equal(part[:5], got[:5])
     assert not part[5:].any()
     with pytest.raises(ValueError, match="does not match codes"):
-        cpu_matvec.matvec_blocks(x[:, :256], b.codes, b.scales, b.mins, b.nibbles, 0)
+        cpu_matvec.matvec_blocks(x[:, :256], b, 0)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
@@ -146,8 +148,9 @@ def test_block_model_generates_exactly_the_float32_model(twins):
     """Greedy tokens and every step's logits are the same bits; sd over the block target
     stays exact too. The head and the mixed stacks take the byte packing."""
     dense, blocks, _ = twins
-    assert isinstance(blocks.params.layers.wq.w, G.BlockWeight) and blocks.params.layers.wq.w.nibbles
-    assert not blocks.params.layers.w_down.w.nibbles and not blocks.params.lm_head.w.nibbles
+    layers = blocks.params.layers
+    assert isinstance(layers.wq.w, G.BlockWeight) and not layers.wq.w.kinds.any()  # all Q4_K: nibbles alone
+    assert list(layers.w_down.w.kinds) == [1, 0, 0, 1] and list(blocks.params.lm_head.w.kinds) == [1]
     prompt = [[5, 9, 11, 3, 7, 21, 8]]
     a = viasd_jax.generate(dense, prompt, max_new_tokens=12, chat_template=False)
     b = viasd_jax.generate(blocks, prompt, max_new_tokens=12, chat_template=False)

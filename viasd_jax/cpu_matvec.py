@@ -124,24 +124,20 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     return call(x if both_bf16 else x.astype(jnp.float32), w, layer, live)
 
 
-def matvec_blocks(x: jax.Array, codes: jax.Array, scales: jax.Array, mins: jax.Array, nibbles: bool,
-                  layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
-    """`x [M, K] @ w[layer].T` -> `[M, N]` float32, for `w` kept as GGUF k-quant codes
-    (`gguf_blocks.BlockWeight`): `w[n, k] = scales[n, k // S] * code[n, k] - mins[n, k // S]`
-    with one rounding. `codes` uint8 `[L, N, K // 2]` (two 4-bit codes per byte, S = 32) or
-    `[L, N, K]` (S = 16); `scales`, `mins` float32 `[L, N, K // S]`; the leading `L` may be
-    absent; `nibbles` says which (the shapes alone are ambiguous). `x` is read as float32. `layer`, `live` as in `matvec`; each output is bitwise
-    what `matvec` gives for the float32 weights. Not differentiable.
+def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
+    """`x [M, K] @ w[layer].T` -> `[M, N]` float32, for `w` a `gguf_blocks.BlockWeight`
+    (GGUF k-quant codes, packed per layer as its docstring says): `w[n, k] = scale *
+    code[n, k] - min` with one rounding. `x` is read as float32. `layer`, `live` as in
+    `matvec`; each output is bitwise what `matvec` gives for the float32 weights. Not
+    differentiable.
     """
     ensure()
-    k, sub = (codes.shape[-1] * 2, 32) if nibbles else (codes.shape[-1], 16)
-    if x.shape[-1] != k or scales.shape[-1] * sub != k or mins.shape != scales.shape:
-        raise ValueError(f"matvec_blocks: x {x.shape} does not match codes {codes.shape} and scales {scales.shape} "
-                         f"({'two codes' if nibbles else 'one code'} per byte)")
-    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[-2]), jnp.float32)
+    if x.shape[-1] != w.k:
+        raise ValueError(f"matvec_blocks: x {x.shape} does not match codes {w.codes.shape} of K = {w.k}")
+    out = jax.ShapeDtypeStruct((x.shape[0], w.codes.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET_BLOCKS, out, vmap_method="sequential")
     live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
-    return call(x.astype(jnp.float32), codes, scales, mins, jnp.asarray(layer, jnp.int32), live)
+    return call(x.astype(jnp.float32), w.codes, w.scales, w.mins, w.kinds, jnp.asarray(layer, jnp.int32), live)
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

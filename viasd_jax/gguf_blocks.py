@@ -19,11 +19,13 @@ Loading checks the first claim on every matrix: the codes, expanded here in floa
 rounded once, must equal the float32 checkpoint's weights (bit for bit but the sign of
 zeros, which changes no sum), else it refuses.
 
-Kernel packings (`BlockWeight.codes`): a stack of only Q4_K matrices packs two codes per
-byte with sub-blocks of 32 (0.75 bytes per weight with its scales); one with any Q6_K
-layer (Q4_K_M mixes them in `ffn_down`, `attn_v` and the head) one code per byte with
-sub-blocks of 16 (1.5 bytes per weight). The embedding table stays float32 (decoding
-reads one row of it). CPU only, float32 activations; the drafter may be quantized as usual.
+Kernel packings (`BlockWeight`), per layer, as Q4_K_M mixes the two kinds in `ffn_down`,
+`attn_v` and the head: Q4_K two codes per byte with a scale and a min per 32 weights
+(0.75 bytes per weight streamed), Q6_K one code per byte with a scale per 16 weights and
+the min derived from it (1.25 bytes per weight). A stack holding any Q6_K layer gives
+every layer a Q6_K-sized slab, of which a Q4_K layer uses (and streams) the first part.
+The embedding table stays float32 (decoding reads one row of it). CPU only, float32
+activations; the drafter may be quantized as usual.
 """
 
 from __future__ import annotations
@@ -43,21 +45,30 @@ GGUF_NAMES = {"wq": "blk.{i}.attn_q.weight", "wk": "blk.{i}.attn_k.weight", "wv"
               "w_up": "blk.{i}.ffn_up.weight", "w_down": "blk.{i}.ffn_down.weight", "lm_head": "output.weight"}
 
 
+KINDS = {"Q4_K": 0, "Q6_K": 1}  # the kernel's BlockKind, per layer
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class BlockWeight:
-    """A matrix as k-quant codes, `w[.., n, k] = scales[.., n, k // S] * code - mins[.., n, k // S]`.
+    """A matrix as k-quant codes, `w[.., n, k] = scale[.., n, k // S] * code - min[.., n, k // S]`,
+    layer by layer in the packing of its kind (`KINDS`).
 
-    codes: uint8 `[(L,) N, K // 2]` (`nibbles`: two codes per byte, S = 32) or `[(L,) N, K]` (S = 16);
-    scales, mins: float32 `[(L,) N, K // S]`; `shape`: the output-major shape it stands for
-    (`[(L,) *outputs, *contracted]`, whose trailing product is K).
+    kinds: int32 `[L]` (`[1]` for one matrix); codes: uint8 `[(L,) N, K]`, or `[(L,) N, K // 2]`
+    if every layer is Q4_K; scales: float32 `[(L,) N, K // 16]`, or `[(L,) N, K // 32]` if every
+    layer is Q4_K; mins: as scales, or `[0]` if no layer is Q4_K. A Q4_K layer's codes
+    `[N, K // 2]` (two per byte, S = 32) and scales and mins `[N, K // 32]` fill the first part of
+    its slab; a Q6_K layer's codes are `q + 32` (0-63, S = 16) and its min is `32 * scale`.
+    `shape`: the output-major shape it stands for (`[(L,) *outputs, *contracted]`); `k`: K,
+    the contracted size (the arrays' shapes alone cannot tell K / 2 of all-Q4_K from K).
     """
 
     codes: jax.Array
     scales: jax.Array
     mins: jax.Array
+    kinds: jax.Array
     shape: tuple = dataclasses.field(metadata=dict(static=True))
-    nibbles: bool = dataclasses.field(metadata=dict(static=True))  # two codes per byte
+    k: int = dataclasses.field(metadata=dict(static=True))
 
     @property
     def dtype(self):
@@ -164,7 +175,7 @@ def block_params(params, cfg, gguf_path: str, verify: bool = True, progress: boo
                 if not _reproduces(codes, scales, mins, want):
                     raise ValueError(f"{gguf_path}: {tname} does not reproduce the loaded model's {name} exactly "
                                      "(is this the GGUF file the checkpoint was converted from?)")
-            per_layer.append((codes, scales, mins))
+            per_layer.append((kind, codes, scales, mins))
         leaves[name] = OutputMajor(_stack(per_layer, w.shape, i is not None), kernel=True)
     return params_from_leaves(cfg, leaves)
 
@@ -179,21 +190,27 @@ def _reproduces(codes, scales, mins, want: np.ndarray, rows: int = 4096) -> bool
 
 
 def _stack(per_layer, shape, stacked: bool) -> BlockWeight:
-    """Unpacked `(codes [N, K], scales, mins)` per layer (one for a top-level matrix) -> a
-    `BlockWeight` in the kernel's packing: nibbles if every sub-block is 32 wide (all
-    Q4_K), else one code per byte with sub-blocks of 16."""
-    k = per_layer[0][0].shape[-1]
-    nibbles = all(s.shape[-1] * 32 == k for _, s, _ in per_layer)
-    codes, scales, mins = [], [], []
-    for c, s, m in per_layer:
-        if not nibbles and s.shape[-1] * 32 == k:  # Q4_K in a stack with Q6_K: each scale covers two 16s
-            s, m = np.repeat(s, 2, axis=-1), np.repeat(m, 2, axis=-1)
-        codes.append(pack_nibbles(c) if nibbles else c)
-        scales.append(s)
-        mins.append(m)
-    pick = np.stack if stacked else (lambda xs: xs[0])
-    return BlockWeight(jnp.asarray(pick(codes)), jnp.asarray(pick(scales)), jnp.asarray(pick(mins)), tuple(shape),
-                       nibbles)
+    """Unpacked `(kind, codes [N, K], scales, mins)` per layer (one for a top-level matrix)
+    -> a `BlockWeight` in the kernel's packing (see there)."""
+    n, k = per_layer[0][1].shape
+    all_q4 = all(kind == "Q4_K" for kind, *_ in per_layer)
+    code_width, scale_width = (k // 2, k // 32) if all_q4 else (k, k // 16)
+    codes = np.zeros((len(per_layer), n * code_width), np.uint8)
+    scales = np.zeros((len(per_layer), n * scale_width), np.float32)
+    mins = np.zeros_like(scales) if any(kind == "Q4_K" for kind, *_ in per_layer) else np.zeros((0,), np.float32)
+    for i, (kind, c, sc, mn) in enumerate(per_layer):
+        packed = pack_nibbles(c) if kind == "Q4_K" else c
+        codes[i, :packed.size] = packed.reshape(-1)
+        scales[i, :sc.size] = sc.reshape(-1)
+        if kind == "Q4_K":
+            mins[i, :mn.size] = mn.reshape(-1)
+    codes, scales = codes.reshape(-1, n, code_width), scales.reshape(-1, n, scale_width)
+    if mins.size:
+        mins = mins.reshape(scales.shape)
+    if not stacked:
+        codes, scales, mins = codes[0], scales[0], mins[0] if mins.size else mins
+    kinds = np.array([KINDS[kind] for kind, *_ in per_layer], np.int32)
+    return BlockWeight(jnp.asarray(codes), jnp.asarray(scales), jnp.asarray(mins), jnp.asarray(kinds), tuple(shape), k)
 
 
 def codes_usable(path: str, dtype=None, layout: str = "auto") -> bool:

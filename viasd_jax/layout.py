@@ -210,8 +210,7 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
         b = w.w
         out_shape = b.shape[int(stacked): len(b.shape) - n_contracted]
         batch_shape = x.shape[: x.ndim - n_contracted]
-        y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b.codes, b.scales, b.mins, b.nibbles,
-                                     w.layer if stacked else 0, w.live)
+        y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b, w.layer if stacked else 0, w.live)
         return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
     quantized = hasattr(w.w, "q")  # an Int8Weight: int8 rows, one scale per output row
     data = w.w.q if quantized else w.w

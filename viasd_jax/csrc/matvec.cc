@@ -506,15 +506,17 @@ namespace {
 // that gguf's dequantization writes (`viasd_jax/gguf_blocks.py` says why), and the rows
 // below add the same products in the same order as `run` does over that float32
 // matrix, so the result is the same to the bit while 1/5 to 1/3 of the bytes stream.
-// Two packings: nibbles (Q4_K: S = 32; byte i of a sub-block holds code i in its low
-// half and code 16 + i in its high half) and bytes (Q6_K, or a layer stack mixing it
-// with Q4_K: S = 16, one code per byte).
+// Each layer has its own packing (a stack of Q4_K_M mixes them): nibbles (Q4_K: S = 32;
+// byte i of a sub-block holds code i in its low half and code 16 + i in its high half)
+// or bytes (Q6_K: S = 16, one code per byte, and min = 32 * scale, so no mins stream).
 struct Blocks {
   const uint8_t* codes;
   const float* scales;
-  const float* mins;
+  const float* mins;  // nibbles only
   int64_t K;
 };
+
+enum BlockKind : int32_t { kQ4K = 0, kQ6K = 1 };  // as gguf_blocks.KINDS
 
 constexpr int64_t kBlockStep = 32;  // weights per step: a sub-block of nibbles
 
@@ -556,9 +558,9 @@ inline Vec load_blocks(const Blocks& b, int64_t n, int64_t k, int j) {
     const int64_t s = n * (b.K / 32) + k / 32;
     const uint8_t* c = b.codes + n * (b.K / 2) + k / 2 + first % 16;
     return first >= 16 ? affine<1>(c, b.scales[s], b.mins[s]) : affine<0>(c, b.scales[s], b.mins[s]);
-  } else {
+  } else {  // min = 32 * scale: exact, as the scale is a float32 of 17 significant bits at most
     const int64_t s = n * (b.K / 16) + (k + first) / 16;
-    return affine(b.codes + n * b.K + k + first, b.scales[s], b.mins[s]);
+    return affine(b.codes + n * b.K + k + first, b.scales[s], 32.0f * b.scales[s]);
   }
 }
 
@@ -578,7 +580,7 @@ inline void accumulate_blocks(const Blocks& b, const float* x, Vec (&acc)[M][R],
         const int64_t at = ((n + r) * (K / kBlockStep) + step) * (scale_bytes / sizeof(float));
         const int64_t ahead = 16384 / code_bytes * (scale_bytes / sizeof(float));
         __builtin_prefetch(b.scales + at + ahead, 0, 2);
-        __builtin_prefetch(b.mins + at + ahead, 0, 2);
+        if constexpr (Nibbles) __builtin_prefetch(b.mins + at + ahead, 0, 2);
       }
     }
     for (int j = 0; j < kParts; ++j) {  // the parts in turn: the float32 path's steps
@@ -641,29 +643,35 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
 }
 
 // x [M, K] float32 against codes [N, C] or [L, N, C] (uint8) with scales and mins
-// [N, S] or [L, N, S] (float32): nibbles if C = K / 2 and S = K / 32, bytes if C = K and
-// S = K / 16; `layer` and `live` as in `matvec`.
+// [N, S] or [L, N, S] (float32; mins may be empty when no layer is Q4_K) and one
+// `BlockKind` per layer in `kinds` [L]: a Q6_K layer's slab holds codes [N, K] and
+// scales [N, K / 16] (C = K, S = K / 16); a Q4_K layer's holds codes [N, K / 2] and
+// scales and mins [N, K / 32] in the first part of its slab (C = K / 2 and S = K / 32
+// when every layer is Q4_K). `layer` and `live` as in `matvec`.
 ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
-                         ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live,
-                         ffi::ResultBuffer<ffi::F32> y) {
+                         ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> kinds, ffi::Buffer<ffi::S32> layer,
+                         ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), cd = codes.dimensions(), sd = scales.dimensions();
   if (x.element_type() != ffi::DataType::F32 || codes.element_type() != ffi::DataType::U8)
     return ffi::Error::InvalidArgument("viasd matvec_blocks: x must be float32 and the codes uint8");
   if (xd.size() != 2 || (cd.size() != 2 && cd.size() != 3) || sd.size() != cd.size() ||
-      mins.element_count() != scales.element_count())
+      (mins.element_count() != 0 && mins.element_count() != scales.element_count()))
     return ffi::Error::InvalidArgument("viasd matvec_blocks: x [M, K], codes [(L,) N, C], scales and mins [(L,) N, S]");
   const int64_t K = xd[1], C = cd[cd.size() - 1], S = sd[sd.size() - 1], N = cd[cd.size() - 2];
   const int64_t L = cd.size() == 3 ? cd[0] : 1, l = layer.typed_data()[0];
-  const bool nibbles = C * 2 == K && S * 32 == K;
-  if (K % kBlockStep != 0 || !(nibbles || (C == K && S * 16 == K)) || sd[sd.size() - 2] != N)
-    return ffi::Error::InvalidArgument("viasd matvec_blocks: codes and scales do not match K");
-  if (l < 0 || l >= L) return ffi::Error::InvalidArgument("viasd matvec_blocks: layer index out of range");
+  if (l < 0 || l >= L || int64_t(kinds.element_count()) != L)
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: layer index out of range, or not one kind per layer");
+  const int32_t kind = kinds.typed_data()[l];
+  const bool nibbles = kind == kQ4K;
+  if (K % kBlockStep != 0 || sd[sd.size() - 2] != N || (kind != kQ4K && kind != kQ6K) ||
+      (nibbles ? (C * 2 < K || S * 32 < K || mins.element_count() == 0) : (C != K || S * 16 != K)))
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: codes, scales and the layer's kind do not match K");
   const int64_t M = std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]);
   float* out = y->typed_data();
   std::memset(out + M * N, 0, (xd[0] - M) * N * sizeof(float));
   if (M == 0) return ffi::Error::Success();
   const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * N * C, scales.typed_data() + l * N * S,
-                 mins.typed_data() + l * N * S, K};
+                 nibbles ? mins.typed_data() + l * N * S : nullptr, K};
   const float* xf = static_cast<const float*>(x.untyped_data());
   if (nibbles)
     run_blocks<true>(pool, b, xf, out, M, N);
@@ -681,6 +689,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecBlocks, matvec_blocks,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
