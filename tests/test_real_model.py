@@ -61,3 +61,20 @@ def test_real_target_matches_hf_float32():
     print(json.dumps(summary, indent=1))
     assert summary["max_kl"] < 1e-3 and summary["top1"] > 0.999
     assert summary["greedy_match"] == len(report), [r["id"] for r in report if not r["greedy_match"]]
+
+
+def test_real_gguf_codes_are_the_float32_model():
+    """The real target's GGUF codes (`quantize="gguf"`) decode the float32 model exactly:
+    the same greedy tokens on one prompt per task, and the same logits to the bit over a
+    whole prompt and answer (prefill's many-row path)."""
+    dense = viasd_jax.load(fetch.DEFAULT_TARGET)
+    codes = viasd_jax.load(fetch.DEFAULT_TARGET, quantize="gguf")
+    rows = [json.loads(line) for line in open(DEV)]
+    rows = [next(r for r in rows if r["task"] == task) for task in dict.fromkeys(r["task"] for r in rows)]
+    ids = viasd_jax.prompts.encode(dense, [r["prompt"] for r in rows])
+    want = viasd_jax.generate(dense, ids, max_new_tokens=TOKENS).tokens
+    got = viasd_jax.generate(codes, ids, max_new_tokens=TOKENS).tokens
+    assert got == want
+    seq = [ids[0] + want[0]]
+    np.testing.assert_array_equal(np.asarray(viasd_jax.score(codes, seq)).view(np.uint32),
+                                  np.asarray(viasd_jax.score(dense, seq)).view(np.uint32))
