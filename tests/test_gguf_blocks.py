@@ -199,3 +199,12 @@ def test_generate_keeps_gguf_codes_by_default_where_they_apply(twins, hf_dirs, t
     writer.write_tensors_to_file()
     writer.close()
     assert not G.codes_usable(other)
+
+
+def test_streamed_bytes_count_what_each_layer_reads():
+    """A mixed stack reads 0.75 bytes per Q4_K weight and 1.25 per Q6_K one, less than its slabs."""
+    from viasd_jax.bench.costs import _nbytes
+
+    b, _ = _block_weight(np.random.default_rng(3), ("Q4_K", "Q6_K"), 8, 512)
+    assert b.streamed_bytes() == 8 * 512 * (0.75 + 1.25)
+    assert _nbytes(OutputMajor(b, kernel=True)) == b.streamed_bytes() < sum(x.nbytes for x in (b.codes, b.scales, b.mins))

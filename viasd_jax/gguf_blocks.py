@@ -74,6 +74,14 @@ class BlockWeight:
     def dtype(self):
         return jnp.dtype(jnp.float32)
 
+    def streamed_bytes(self) -> int:
+        """Bytes one product over every layer reads: per Q4_K layer codes `N * K / 2` and
+        a scale and a min per 32 weights, per Q6_K layer codes `N * K` and a scale per 16
+        (not the slabs' sizes: a mixed stack's Q4_K layers use the first part of theirs)."""
+        nk = self.codes.shape[-2] * self.k
+        per_kind = {KINDS["Q4_K"]: nk // 2 + nk // 32 * 8, KINDS["Q6_K"]: nk + nk // 16 * 4}
+        return int(sum(per_kind[int(kind)] for kind in np.asarray(self.kinds)))
+
 
 # ---- GGUF block formats (numpy; the layouts of ggml's k-quants) ----
 

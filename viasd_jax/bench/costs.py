@@ -54,6 +54,11 @@ def streamed_bytes(model) -> int:
 
 
 def _nbytes(w) -> int:
+    from viasd_jax.gguf_blocks import BlockWeight
+
+    blocks = getattr(w, "w", None)
+    if isinstance(blocks, BlockWeight):  # a mixed stack's slabs are larger than what its layers read
+        return blocks.streamed_bytes()
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(w))
 
 
