@@ -70,8 +70,8 @@ SAMPLING = [dict(temperature=1.0), dict(temperature=0.7, top_k=4, top_p=0.9)]
 
 
 @pytest.mark.parametrize("sp", SAMPLING, ids=["t1", "t0.7-k4-p0.9"])
-@pytest.mark.parametrize("setup", ["ar", "sd-model", "sd-lookup", "sd-self", "sd-adaptive-mixed", "via-lossless",
-                                   "via-lossless-lookup"])
+@pytest.mark.parametrize("setup", ["ar", "sd-model", "sd-lookup", "sd-self", "sd-adaptive-mixed", "sd-narrow-head",
+                                   "via-lossless", "via-lossless-lookup"])
 def test_matches_target_distribution(small, small_drafter, sp, setup):
     kw = {
         "ar": dict(mode="ar"),
@@ -79,6 +79,7 @@ def test_matches_target_distribution(small, small_drafter, sp, setup):
         "sd-lookup": dict(mode="sd", drafter="lookup", gamma=2, ngram=1),
         "sd-self": dict(mode="sd", drafter="self", self_route=[0], gamma=2),
         "sd-adaptive-mixed": dict(mode="sd", drafter=small_drafter, gamma=3, draft_stop=0.5, mix_lookup=2, ngram=1),
+        "sd-narrow-head": dict(mode="sd", drafter=small_drafter, gamma=2, draft_vocab=4),
         "via-lossless": dict(drafter=small_drafter, route=[0, 3], lossless=True, gamma=2, tau_accept=0.5,
                              tau_slim=0.2, pending_bound=2),
         "via-lossless-lookup": dict(drafter="lookup", ngram=1, route=[0, 3], lossless=True, gamma=2,

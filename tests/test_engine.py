@@ -62,6 +62,29 @@ def test_adaptive_and_mixed_drafting_are_lossless(target, near_drafter, kw):
         assert sd.stats["drafted"] < plain.stats["drafted"]
 
 
+@pytest.mark.parametrize("which", ["near", "far", "self"])
+def test_a_narrow_drafter_head_is_lossless(target, near_drafter, far_drafter, which):
+    """draft_vocab: drafts only from the first ids (the kernel reads only those rows of an
+    untied head, a tied one, the target's own); the output is plain greedy's, and the
+    drafter never proposes an id at or above the limit."""
+    drafter = {"near": near_drafter, "far": far_drafter}.get(which, which)
+    res = viasd_jax.generate(target, PROMPTS, drafter=drafter, mode="sd", gamma=4, max_new_tokens=24, draft_vocab=48)
+    assert res.tokens == _ar(target)
+    assert any(t >= 48 for toks in res.tokens for t in toks)  # the target does pick ids the drafter cannot
+    for toks, origins in zip(res.tokens, res.origins):
+        assert all(t < 48 for t, o in zip(toks, origins) if o == "tier_c"), (toks, origins)
+    if which == "near":  # it agrees often enough that some drafts are accepted
+        assert res.stats["tier_c"] > 0
+
+
+def test_draft_vocab_is_checked(target, near_drafter):
+    for bad in (0, 97, 2.5):
+        with pytest.raises(ValueError, match="draft_vocab must be an integer in \\[1, 96\\]"):
+            viasd_jax.generate(target, PROMPTS, drafter=near_drafter, mode="sd", draft_vocab=bad, max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt lookup has none"):
+        viasd_jax.generate(target, PROMPTS, drafter="lookup", mode="sd", draft_vocab=10, max_new_tokens=2)
+
+
 @pytest.mark.parametrize("which", ["near", "self", "lookup"])
 def test_via_with_all_layers_equals_ar(target, near_drafter, which):
     drafter = {"near": near_drafter}.get(which, which)

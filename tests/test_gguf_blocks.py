@@ -73,6 +73,8 @@ def test_kernel_is_bitwise_the_float32_kernel(kinds):
     part = np.asarray(cpu_matvec.matvec_blocks(x, b, 1, 5))
     np.testing.assert_array_equal(part[:5], got[:5])
     assert not part[5:].any()
+    first = np.asarray(cpu_matvec.matvec_blocks(x, b, 1, rows=30))  # a narrow head: the leading rows alone
+    np.testing.assert_array_equal(first.view(np.uint32), got[:, :30].view(np.uint32))
     with pytest.raises(ValueError, match="does not match codes"):
         cpu_matvec.matvec_blocks(x[:, :256], b, 0)
 

@@ -136,6 +136,30 @@ def test_kernel_matches_numpy_on_ragged_shapes(dtype):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
+def test_kernel_reads_the_first_rows_asked_for(dtype):
+    """`rows` (a drafter's narrow head): the leading outputs, bitwise the full product's,
+    at every layer of a stack (the layer's offset counts all its rows)."""
+    import jax
+    import jax.numpy as jnp
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(2)
+    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((3, 101, 77)).astype(np.float32),
+                                   rng.standard_normal((5, 77)).astype(np.float32))
+    x, w = jnp.asarray(x), jnp.asarray(w)
+    for layer in (0, 2):
+        full = np.asarray(cpu_matvec.matvec(x, w, layer, None, scale))
+        for rows in (1, 37, 101):
+            got = np.asarray(jax.jit(cpu_matvec.matvec, static_argnames="rows")(x, w, layer, None, scale, rows=rows))
+            assert got.shape == (5, rows)
+            np.testing.assert_array_equal(got, full[:, :rows])
+    for bad in (0, 102):
+        with pytest.raises(ValueError, match="rows must be in"):
+            cpu_matvec.matvec(x, w, 0, None, scale, rows=bad)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
     """A row's result is bitwise the same alone or among 20 rows (prefill's K-blocked path):
     lossless decoding relies on the target scoring a token identically in a 1-token

@@ -128,6 +128,7 @@ def cmd_generate(args) -> None:
         pending_bound=args.pending_bound,
         mix_lookup=args.mix_lookup,
         draft_stop=args.draft_stop,
+        draft_vocab=args.draft_vocab,
         verify_widths=widths,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -187,6 +188,8 @@ def cmd_bench(args) -> None:
         options = {"temperature": args.temperature, "seed": args.seed, "gamma": args.gamma,
                    "tau_accept": args.tau_accept, "tau_slim": args.tau_slim, "lookup_gamma": args.lookup_gamma,
                    "mix_lookup": args.mix_lookup, "draft_stop": args.draft_stop}
+        if args.draft_vocab is not None:
+            options["draft_vocab"] = args.draft_vocab
         for name in ("route", "self_route"):
             if getattr(args, name):
                 options[name] = parse_route(getattr(args, name))
@@ -259,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a model drafter: use prompt-lookup drafts when they offer >= this many tokens")
     g.add_argument("--draft-stop", type=float, default=0.0,
                    help="stop drafting once the drafter's top probability is below this (0: always gamma)")
+    g.add_argument("--draft-vocab", type=int, default=None,
+                   help="the drafter proposes only token ids below this; its LM head reads only those rows "
+                        "(exact output; default: the whole vocabulary)")
     g.add_argument("--verify-widths", default=None,
                    help="narrower verification windows, e.g. '1,6', or 'none' (default: 1 for lookup, gamma+2 for via)")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable)")
@@ -312,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pending-bound", type=int, default=None)
     b.add_argument("--mix-lookup", type=int, default=0, help="model drafters: prompt-lookup drafts when >= this many")
     b.add_argument("--draft-stop", type=float, default=0.0, help="adaptive draft length threshold")
+    b.add_argument("--draft-vocab", type=int, default=None, help="model drafters propose only ids below this")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")

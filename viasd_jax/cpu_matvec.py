@@ -98,7 +98,7 @@ def ensure() -> None:
 
 
 def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None,
-           scale: jax.Array | None = None) -> jax.Array:
+           scale: jax.Array | None = None, rows: int | None = None) -> jax.Array:
     """`x [M, K] @ w[layer].T` for output-major `w [L, N, K]` (or `[N, K]`, layer 0) -> `[M, N]` float32.
 
     `w` is float32, bfloat16 or int8; int8 needs `scale`, one float32 per output row
@@ -107,10 +107,12 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     nothing). bfloat16 `x` against bfloat16 or int8 `w` stays bfloat16 (the kernel's
     dot-product path); any other `x` is read as float32. `live` (may be traced;
     default M): only the first `live` rows are computed, the rest come out zero; each
-    row's result is the same whatever the number of rows. Not differentiable.
+    row's result is the same whatever the number of rows. `rows` (static; default N):
+    only w's first `rows` rows are read, giving `[M, rows]`, each output bitwise as in
+    the full product. Not differentiable.
     """
     ensure()
-    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-2]), jnp.float32)
+    out = jax.ShapeDtypeStruct((x.shape[0], _rows(w.shape[-2], rows)), jnp.float32)
     layer = jnp.asarray(layer, jnp.int32)
     live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
     if w.dtype == jnp.int8:
@@ -124,17 +126,24 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     return call(x if both_bf16 else x.astype(jnp.float32), w, layer, live)
 
 
-def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array | int | None = None) -> jax.Array:
+def _rows(n: int, rows: int | None) -> int:
+    if rows is not None and not 0 < rows <= n:
+        raise ValueError(f"matvec: rows must be in [1, {n}], got {rows}")
+    return n if rows is None else rows
+
+
+def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array | int | None = None,
+                  rows: int | None = None) -> jax.Array:
     """`x [M, K] @ w[layer].T` -> `[M, N]` float32, for `w` a `gguf_blocks.BlockWeight`
     (GGUF k-quant codes, packed per layer as its docstring says): `w[n, k] = scale *
     code[n, k] - min` with one rounding. `x` is read as float32. `layer`, `live` as in
-    `matvec`; each output is bitwise what `matvec` gives for the float32 weights. Not
-    differentiable.
+    `matvec`; each output is bitwise what `matvec` gives for the float32 weights. `rows`
+    as in `matvec`. Not differentiable.
     """
     ensure()
     if x.shape[-1] != w.k:
         raise ValueError(f"matvec_blocks: x {x.shape} does not match codes {w.codes.shape} of K = {w.k}")
-    out = jax.ShapeDtypeStruct((x.shape[0], w.codes.shape[-2]), jnp.float32)
+    out = jax.ShapeDtypeStruct((x.shape[0], _rows(w.codes.shape[-2], rows)), jnp.float32)
     call = jax.ffi.ffi_call(TARGET_BLOCKS, out, vmap_method="sequential")
     live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
     return call(x.astype(jnp.float32), w.codes, w.scales, w.mins, w.kinds, jnp.asarray(layer, jnp.int32), live)

@@ -35,6 +35,7 @@ class DrafterSpec:
     ngram: int = 3  # longest n-gram prompt lookup matches
     mix_lookup: int = 0  # model drafters: use prompt-lookup drafts when they offer >= this many (0: never)
     min_ngram: int = 1  # shortest n-gram prompt lookup matches (longer ones draft fewer junk tokens)
+    vocab: int | None = None  # model drafters: propose only ids below this (a cheaper head); None: all
 
     @property
     def has_cache(self) -> bool:
@@ -67,13 +68,22 @@ def propose_model(spec: DrafterSpec, gamma: int, params: Params, route, sp: Samp
     Drafting stops early (adaptive draft length) once the drafter's top probability
     falls below `stop_below` (a runtime scalar; 0 never stops); at least one draft is
     always proposed. The length depends only on the drafter's distributions, never on
-    the sampled tokens, so verification stays exact.
+    the sampled tokens, so verification stays exact. With `spec.vocab` the drafter's
+    distribution is its softmax over ids below it (the rest get probability 0), which
+    verification treats like any other drafter distribution.
     """
     cfg = spec.cfg
     cache, last = catch_up(params, cfg, route, tokens, n, live, cache)
     keys = row_keys(keys, gamma)  # [G, B]
     vocab = cfg.vocab_size
-    logp = log_probs(M.logits(params, cfg, last), sp)
+
+    def dist(hidden):  # the drafter's log-dist over the whole vocabulary, [B, V]
+        out = M.logits(params, cfg, hidden, spec.vocab)
+        if spec.vocab is not None:  # ids >= spec.vocab get probability 0
+            out = jnp.pad(out, ((0, 0), (0, vocab - spec.vocab)), constant_values=-jnp.inf)
+        return log_probs(out, sp)
+
+    logp = dist(last)
     first = pick(keys[0], logp, sp)
     drafts = jnp.zeros((n.shape[0], gamma), jnp.int32).at[:, 0].set(first)
     draft_logp = jnp.zeros((n.shape[0], gamma, vocab), jnp.float32).at[:, 0].set(logp)
@@ -84,7 +94,7 @@ def propose_model(spec: DrafterSpec, gamma: int, params: Params, route, sp: Samp
         i, drafts, draft_logp, count, active, cache = carry
         prev = jax.lax.dynamic_index_in_dim(drafts, i - 1, axis=1, keepdims=False)
         h, cache = M.forward(params, cfg, prev[:, None], jnp.where(active, n + i - 1, -1)[:, None], cache, route)
-        lp = log_probs(M.logits(params, cfg, h[:, 0]), sp)
+        lp = dist(h[:, 0])
         tok = pick(jax.lax.dynamic_index_in_dim(keys, i, keepdims=False), lp, sp)
         drafts = jax.lax.dynamic_update_index_in_dim(drafts, tok, i, axis=1)
         draft_logp = jax.lax.dynamic_update_index_in_dim(draft_logp, lp, i, axis=1)

@@ -167,8 +167,15 @@ def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
     return tuple(sorted(w for w in auto if w < config.full_width))
 
 
-def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_ngram: int = 1):
+def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_ngram: int = 1,
+                  draft_vocab: int | None = None):
     """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
+    v = target.config.vocab_size
+    if draft_vocab is not None and (int(draft_vocab) != draft_vocab or not 1 <= draft_vocab <= v):
+        raise ValueError(f"draft_vocab must be an integer in [1, {v}] (the vocabulary size), got {draft_vocab}")
+    if draft_vocab is not None and drafter == "lookup":
+        raise ValueError("draft_vocab narrows a model drafter's head; prompt lookup has none, leave it None")
+    vocab = None if draft_vocab is None or draft_vocab == v else int(draft_vocab)
     if int(mix_lookup) != mix_lookup or mix_lookup < 0:
         raise ValueError(f"mix_lookup must be a non-negative integer (0 = off), got {mix_lookup}")
     if mix_lookup and drafter == "lookup":
@@ -183,9 +190,9 @@ def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_n
             raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
         if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
             raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
-        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram)), drafter
+        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram), vocab), drafter
     if drafter == "self":
-        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram)), None
+        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram), vocab), None
     if drafter == "lookup":
         return DR.DrafterSpec("lookup", None, ngram=ngram, min_ngram=int(min_ngram)), None
     raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
@@ -244,6 +251,7 @@ def prepare(
     min_ngram: int = 1,
     mix_lookup: int = 0,
     draft_stop: float = 0.0,
+    draft_vocab: int | None = None,
     verify_widths: Sequence[int] | None = None,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
@@ -268,7 +276,7 @@ def prepare(
             raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
-        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram)
+        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram, draft_vocab)
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
                             int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
                             bool(lossless), mesh)
@@ -342,7 +350,11 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     `self_route`) or "lookup" (prompt lookup of `min_ngram`- to `ngram`-grams). mix_lookup:
     with a model drafter, take prompt-lookup drafts whenever they offer at least this
     many tokens (0 = off). draft_stop: a model drafter stops drafting once its top
-    probability falls below this (adaptive draft length; 0 = always gamma).
+    probability falls below this (adaptive draft length; 0 = always gamma). draft_vocab:
+    a model (or self) drafter proposes only token ids below this, and on the CPU kernel
+    reads only those rows of its LM head (Qwen's 151936-row head is over a quarter of
+    the 0.5B's bytes); output is unchanged, acceptance drops where the target picks a
+    higher id (default None: the whole vocabulary).
     verify_widths: narrower windows the full (and slim) passes are also compiled
     for; each round runs the narrowest that holds its tokens (default: 1 for
     prompt lookup, gamma + 2 in via mode; () = always the full window).

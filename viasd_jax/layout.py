@@ -49,13 +49,16 @@ class OutputMajor:
     `kernel` computes it with the compiled CPU kernel; `layer` is set (a traced index)
     while one layer of a stacked kernel weight is selected, `w` staying the whole stack,
     and `live` (traced, optional) tells the kernel how many leading activation rows
-    are real tokens (`cpu_matvec.matvec`).
+    are real tokens (`cpu_matvec.matvec`). `rows` (static, kernel only, one output
+    axis): the kernel reads only the first `rows` output rows (a drafter's head over
+    part of the vocabulary).
     """
 
     w: object
     layer: jax.Array | None = None
     live: jax.Array | None = None
     kernel: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    rows: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def shape(self):
@@ -208,9 +211,10 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     stacked = w.layer is not None
     if isinstance(w.w, BlockWeight):  # GGUF codes: the kernel makes the float32 weights
         b = w.w
-        out_shape = b.shape[int(stacked): len(b.shape) - n_contracted]
+        out_shape = _first_rows(b.shape[int(stacked): len(b.shape) - n_contracted], w.rows)
         batch_shape = x.shape[: x.ndim - n_contracted]
-        y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b, w.layer if stacked else 0, w.live)
+        y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b, w.layer if stacked else 0, w.live,
+                                     w.rows)
         return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
     quantized = hasattr(w.w, "q")  # an Int8Weight: int8 rows, one scale per output row
     data = w.w.q if quantized else w.w
@@ -221,8 +225,16 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     w3 = data.reshape(*lead, n, math.prod(k_shape))  # a bitcast: no copy
     scale = w.w.scale.reshape(*lead, n) if quantized else None
     batch_shape = x.shape[: x.ndim - n_contracted]
-    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live, scale)
-    return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
+    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live, scale, w.rows)
+    return y.astype(x.dtype).reshape(*batch_shape, *_first_rows(out_shape, w.rows))
+
+
+def _first_rows(out_shape: tuple, rows: int | None) -> tuple:
+    if rows is None:
+        return tuple(out_shape)
+    if len(out_shape) != 1:
+        raise ValueError(f"OutputMajor.rows needs one output axis, got output shape {tuple(out_shape)}")
+    return (rows,)
 
 
 _permute_jit = jax.jit(permute, static_argnums=(1, 2))

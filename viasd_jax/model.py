@@ -11,6 +11,8 @@ G kv heads, R query heads per kv head, K head dim, F mlp hidden, V vocab.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,12 +224,19 @@ def run_layers(params: Params, cfg: ModelConfig, x: jax.Array, positions: jax.Ar
     return x, KVCache(k=k, v=v, lengths=cache.lengths), streams
 
 
-def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
-    """LM head: hidden `[..., D]` -> float32 logits `[..., V]` (soft-capped if configured)."""
+def logits(params: Params, cfg: ModelConfig, hidden: jax.Array, vocab: int | None = None) -> jax.Array:
+    """LM head: hidden `[..., D]` -> float32 logits `[..., V]` (soft-capped if configured).
+
+    `vocab` (static): only the first `vocab` logits, `[..., vocab]`. The CPU kernel then
+    reads only those rows of the head (a cheaper drafting step); other layouts compute
+    them all and slice."""
     if params.lm_head is None and layout_of(params) == "cpu-kernel":
-        out = dense(hidden, OutputMajor(params.embed, kernel=True), "...d,dv->...v")  # the table is [V, D]
+        out = dense(hidden, OutputMajor(params.embed, kernel=True, rows=vocab), "...d,dv->...v")  # table [V, D]
+    elif isinstance(params.lm_head, OutputMajor) and params.lm_head.kernel:
+        out = dense(hidden, dataclasses.replace(params.lm_head, rows=vocab), "...d,dv->...v")
     elif params.lm_head is None:
         out = dense(hidden, params.embed, "...d,vd->...v")
     else:
         out = dense(hidden, params.lm_head, "...d,dv->...v")
+    out = out[..., :vocab] if vocab is not None and out.shape[-1] != vocab else out
     return _softcap(out.astype(jnp.float32), cfg.final_softcap)

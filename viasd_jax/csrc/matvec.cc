@@ -391,20 +391,22 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
   });
 }
 
-// The operands' sizes, checked: x [M, K] against w [N, K] or [L, N, K] at `layer`, of
-// which the first `live` rows of x are computed (M below is that count).
+// The operands' sizes, checked: x [M, K] against w [Nw, K] or [L, Nw, K] at `layer`, of
+// which the first `live` rows of x are computed (M below is that count) against the
+// first N rows of w, N being y's width (a drafter's head over part of the vocabulary).
 struct Shape {
-  int64_t M, K, N, l;
+  int64_t M, K, N, l, Nw;  // N: outputs computed (y's columns), the first N of w's Nw rows
 };
 
 ffi::Error check_shape(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::Buffer<ffi::S32>& layer,
-                       const ffi::Buffer<ffi::S32>& live, Shape& s) {
-  const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3))
-    return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K] and w [N, K] or [L, N, K]");
+                       const ffi::Buffer<ffi::S32>& live, ffi::ResultBuffer<ffi::F32>& y, Shape& s) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || (wd.size() != 2 && wd.size() != 3) || yd.size() != 2 || yd[0] != xd[0])
+    return ffi::Error::InvalidArgument("viasd matvec: x must be [M, K], w [N, K] or [L, N, K] and y [M, n]");
   const int64_t L = wd.size() == 3 ? wd[0] : 1;
-  s = {std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]), xd[1], wd[wd.size() - 2], layer.typed_data()[0]};
+  s = {std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]), xd[1], yd[1], layer.typed_data()[0], wd[wd.size() - 2]};
   if (wd[wd.size() - 1] != s.K) return ffi::Error::InvalidArgument("viasd matvec: x and w disagree on K");
+  if (s.N > s.Nw) return ffi::Error::InvalidArgument("viasd matvec: y has more columns than w has rows");
   if (s.l < 0 || s.l >= L) return ffi::Error::InvalidArgument("viasd matvec: layer index out of range");
   return ffi::Error::Success();
 }
@@ -420,16 +422,16 @@ void zero_padding(const ffi::AnyBuffer& x, const Shape& s, float* out) {
 ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
                   ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
   Shape s;
-  if (ffi::Error e = check_shape(x, w, layer, live, s); e.failure()) return e;
-  const int64_t M = s.M, K = s.K, N = s.N, l = s.l;
+  if (ffi::Error e = check_shape(x, w, layer, live, y, s); e.failure()) return e;
+  const int64_t M = s.M, K = s.K, N = s.N, l = s.l, Nw = s.Nw;
   float* out = y->typed_data();
   zero_padding(x, s, out);
   if (M == 0) return ffi::Error::Success();
   const auto xt = x.element_type(), wt = w.element_type();
   const float* xf = static_cast<const float*>(x.untyped_data());
-  const uint16_t* wh = static_cast<const uint16_t*>(w.untyped_data()) + l * N * K;
+  const uint16_t* wh = static_cast<const uint16_t*>(w.untyped_data()) + l * Nw * K;
   if (xt == ffi::DataType::F32 && wt == ffi::DataType::F32)
-    run(pool, static_cast<const float*>(w.untyped_data()) + l * N * K, xf, out, M, K, N);
+    run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K, xf, out, M, K, N);
   else if (xt == ffi::DataType::F32 && wt == ffi::DataType::BF16)
     run(pool, wh, xf, out, M, K, N);
   else if (xt == ffi::DataType::BF16 && wt == ffi::DataType::BF16)
@@ -464,7 +466,7 @@ namespace {
 ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::Buffer<ffi::F32> scale,
                        ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
   Shape s;
-  if (ffi::Error e = check_shape(x, q, layer, live, s); e.failure()) return e;
+  if (ffi::Error e = check_shape(x, q, layer, live, y, s); e.failure()) return e;
   const auto xt = x.element_type();
   if ((xt != ffi::DataType::F32 && xt != ffi::DataType::BF16) || q.element_type() != ffi::DataType::S8)
     return ffi::Error::InvalidArgument("viasd matvec_int8: x must be float32 or bfloat16, and q int8");
@@ -473,8 +475,8 @@ ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q,
   float* out = y->typed_data();
   zero_padding(x, s, out);
   if (s.M == 0) return ffi::Error::Success();
-  const int8_t* ql = static_cast<const int8_t*>(q.untyped_data()) + s.l * s.N * s.K;
-  const float* sl = scale.typed_data() + s.l * s.N;
+  const int8_t* ql = static_cast<const int8_t*>(q.untyped_data()) + s.l * s.Nw * s.K;
+  const float* sl = scale.typed_data() + s.l * s.Nw;
   if (xt == ffi::DataType::F32)
     run(pool, ql, static_cast<const float*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
   else
@@ -657,21 +659,23 @@ ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer 
   if (xd.size() != 2 || (cd.size() != 2 && cd.size() != 3) || sd.size() != cd.size() ||
       (mins.element_count() != 0 && mins.element_count() != scales.element_count()))
     return ffi::Error::InvalidArgument("viasd matvec_blocks: x [M, K], codes [(L,) N, C], scales and mins [(L,) N, S]");
-  const int64_t K = xd[1], C = cd[cd.size() - 1], S = sd[sd.size() - 1], N = cd[cd.size() - 2];
+  const int64_t K = xd[1], C = cd[cd.size() - 1], S = sd[sd.size() - 1], Nw = cd[cd.size() - 2];
+  const int64_t N = y->dimensions()[y->dimensions().size() - 1];  // the first N of the Nw rows
+  if (N > Nw) return ffi::Error::InvalidArgument("viasd matvec_blocks: y has more columns than the codes have rows");
   const int64_t L = cd.size() == 3 ? cd[0] : 1, l = layer.typed_data()[0];
   if (l < 0 || l >= L || int64_t(kinds.element_count()) != L)
     return ffi::Error::InvalidArgument("viasd matvec_blocks: layer index out of range, or not one kind per layer");
   const int32_t kind = kinds.typed_data()[l];
   const bool nibbles = kind == kQ4K;
-  if (K % kBlockStep != 0 || sd[sd.size() - 2] != N || (kind != kQ4K && kind != kQ6K) ||
+  if (K % kBlockStep != 0 || sd[sd.size() - 2] != Nw || (kind != kQ4K && kind != kQ6K) ||
       (nibbles ? (C * 2 < K || S * 32 < K || mins.element_count() == 0) : (C != K || S * 16 != K)))
     return ffi::Error::InvalidArgument("viasd matvec_blocks: codes, scales and the layer's kind do not match K");
   const int64_t M = std::clamp<int64_t>(live.typed_data()[0], 0, xd[0]);
   float* out = y->typed_data();
   std::memset(out + M * N, 0, (xd[0] - M) * N * sizeof(float));
   if (M == 0) return ffi::Error::Success();
-  const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * N * C, scales.typed_data() + l * N * S,
-                 nibbles ? mins.typed_data() + l * N * S : nullptr, K};
+  const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * Nw * C, scales.typed_data() + l * Nw * S,
+                 nibbles ? mins.typed_data() + l * Nw * S : nullptr, K};
   const float* xf = static_cast<const float*>(x.untyped_data());
   if (nibbles)
     run_blocks<true>(pool, b, xf, out, M, N);
