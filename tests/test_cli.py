@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from viasd_jax.cli import default_drafter_dtype, default_drafter_quantize, main
+from viasd_jax.cli import default_draft_stop, default_drafter_dtype, default_drafter_quantize, main
 
 
 def test_convert_then_generate(hf_dirs, tmp_path, capsys):
@@ -68,6 +68,14 @@ def test_generate_drafts_in_bfloat16_under_a_float32_target():
     assert default_drafter_dtype("float32", np.dtype("float32"), None, None) == "float32"  # asked for
     assert default_drafter_dtype(None, np.dtype("float32"), None, "int8") is None  # int8 keeps the checkpoint's
     assert default_drafter_dtype(None, np.dtype("bfloat16"), "bfloat16", None) == "bfloat16"
+
+
+def test_generate_stops_drafting_early_in_sd_with_a_model_drafter():
+    drafter = object()  # a loaded Model
+    assert default_draft_stop(None, "sd", drafter) == 0.5
+    assert default_draft_stop(0.0, "sd", drafter) == 0.0  # asked for always-gamma drafting
+    assert default_draft_stop(None, "via", drafter) == 0.0  # not measured there
+    assert default_draft_stop(None, "sd", "lookup") == default_draft_stop(None, "sd", "self") == 0.0
 
 
 def test_generate_drafts_with_int8_matrices_under_a_float32_target():
