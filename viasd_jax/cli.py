@@ -108,7 +108,8 @@ def default_draft_stop(requested: float | None, mode: str, drafter) -> float:
     docs/performance.md) and 0 (always gamma) elsewhere, where it was not measured."""
     if requested is not None:
         return requested
-    return 0.5 if mode == "sd" and drafter not in (None, "self", "lookup") else 0.0
+    model_drafter = drafter is not None and not isinstance(drafter, str)  # not "self" / "lookup"
+    return 0.5 if mode == "sd" and model_drafter else 0.0
 
 
 def cmd_generate(args) -> None:

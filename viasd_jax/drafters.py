@@ -78,10 +78,10 @@ def propose_model(spec: DrafterSpec, gamma: int, params: Params, route, sp: Samp
     vocab = cfg.vocab_size
 
     def dist(hidden):  # the drafter's log-dist over the whole vocabulary, [B, V]
-        out = M.logits(params, cfg, hidden, spec.vocab)
-        if spec.vocab is not None:  # ids >= spec.vocab get probability 0
-            out = jnp.pad(out, ((0, 0), (0, vocab - spec.vocab)), constant_values=-jnp.inf)
-        return log_probs(out, sp)
+        logp = log_probs(M.logits(params, cfg, hidden, spec.vocab), sp)  # normalized over the ids it may propose
+        if spec.vocab is None:
+            return logp
+        return jnp.pad(logp, ((0, 0), (0, vocab - spec.vocab)), constant_values=-jnp.inf)  # the rest: probability 0
 
     logp = dist(last)
     first = pick(keys[0], logp, sp)
