@@ -188,6 +188,20 @@ def test_bench_drafter_and_width_overrides(pair):
         make_systems(["viasd-ar@drafter=lookup"], t, target, "float32")
 
 
+def test_bench_prefill_dtype_override(pair):
+    """@prefill_dtype reaches every one of our systems; sd still equals ar under it."""
+    from viasd_jax.bench.systems import make_systems
+    import viasd_jax
+
+    target, drafter, _ = pair
+    t, d = viasd_jax.load(target), viasd_jax.load(drafter)
+    ar, sd = make_systems(["viasd-ar@prefill_dtype=bfloat16", "viasd-sd@prefill_dtype=bfloat16"], t, target,
+                          "float32", drafter=d, drafter_path=drafter)
+    assert ar.options["prefill_dtype"] == sd.options["prefill_dtype"] == "bfloat16"
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    assert sd.run(prompt, 8).tokens == ar.run(prompt, 8).tokens
+
+
 def test_bench_dtype_override_copies_both_models(pair):
     from viasd_jax.bench.systems import make_systems
     import viasd_jax

@@ -50,6 +50,8 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     (["calibrate", "--target", "HF", "--skip-ratio", "1.5", "--out", "/tmp/r.json"], "skip_ratio must be in (0, 1)"),
     (["bench", "--target", "HF", "--prompts", "/no/p.jsonl", "--json", "/tmp/b.json"], "no such"),
     (["generate", "--target", "HF", "--prompts", "/no/file.jsonl"], "no such prompts file"),
+    (["generate", "--target", "HF", "--prompt", "x", "--layout", "input-major", "--prefill-dtype", "bfloat16"],
+     "needs the target in layout 'cpu-kernel'"),
 ])
 def test_bad_input_is_one_line(hf_dirs, capsys, argv, message):
     argv = [hf_dirs["llama"] if a == "HF" else a for a in argv]

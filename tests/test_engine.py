@@ -85,6 +85,37 @@ def test_draft_vocab_is_checked(target, near_drafter):
         viasd_jax.generate(target, PROMPTS, drafter="lookup", mode="sd", draft_vocab=10, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("which", ["near", "self"])
+def test_bfloat16_prefill_keeps_sd_equal_to_ar(target, near_drafter, which):
+    """prefill_dtype="bfloat16" rounds the prompt's products in every mode alike, so sd
+    equals plain greedy under the same setting; the prompt's K/V are float32's up to
+    bfloat16 rounding, and not the same bits (the option does something)."""
+    from viasd_jax import decode as D
+    from viasd_jax.generate import prepare
+
+    drafter = {"near": near_drafter}.get(which, which)
+    ar = _ar(target, prefill_dtype="bfloat16")
+    res = viasd_jax.generate(target, PROMPTS, drafter=drafter, mode="sd", gamma=4, max_new_tokens=24,
+                             prefill_dtype="bfloat16")
+    assert res.tokens == ar
+    caches = {}
+    for dtype in D.PREFILL_DTYPES:
+        p = prepare(target, PROMPTS, drafter=drafter, mode="sd", max_new_tokens=4, prefill_dtype=dtype)
+        out = D.prefill_program(p.params, p.state, config=D.prefill_config(p.config), width=p.prefill_width)
+        caches[dtype] = np.asarray(out.cache.k)
+    f32, bf16 = caches["float32"], caches["bfloat16"]
+    assert not np.array_equal(f32, bf16)
+    np.testing.assert_allclose(bf16, f32, atol=0.05 * np.abs(f32).max())
+
+
+def test_prefill_dtype_is_checked(target, hf_dirs):
+    with pytest.raises(ValueError, match="prefill_dtype must be one of float32, bfloat16"):
+        viasd_jax.generate(target, PROMPTS, prefill_dtype="float16", max_new_tokens=2)
+    xla = viasd_jax.load(hf_dirs["qwen2"], layout="input-major")
+    with pytest.raises(ValueError, match="needs the target in layout 'cpu-kernel'"):
+        viasd_jax.generate(xla, PROMPTS, prefill_dtype="bfloat16", max_new_tokens=2)
+
+
 @pytest.mark.parametrize("which", ["near", "self", "lookup"])
 def test_via_with_all_layers_equals_ar(target, near_drafter, which):
     drafter = {"near": near_drafter}.get(which, which)

@@ -183,6 +183,36 @@ def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
         assert not part[live:].any()
 
 
+@pytest.mark.parametrize("dtype", KERNEL_PATHS)
+def test_bfloat16_products_round_both_operands(dtype):
+    """products="bfloat16" (prefill_dtype): x and float32 weights are rounded to bfloat16
+    (with AVX-512 BF16; without it float32 weights stay as they are) and the products
+    summed in float32: the numpy product of the rounded operands, not the float32 one,
+    and a row's result does not depend on how many rows share the call."""
+    import jax
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(3)
+    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 101, 1100)).astype(np.float32),
+                                   rng.standard_normal((20, 1100)).astype(np.float32))
+    call = jax.jit(lambda x, w: cpu_matvec.matvec(x, w, jnp.int32(1), None, scale, products="bfloat16"))
+    got = np.asarray(call(jnp.asarray(x), jnp.asarray(w)))
+    rounds_w = w.dtype == np.float32 and "avx512_bf16" in cpu_matvec._cpu_flags()
+    x_bf = x.astype(ml_dtypes.bfloat16).astype(np.float64)
+    w_used = w[1].astype(ml_dtypes.bfloat16) if rounds_w else w[1]
+    want = _reference(x_bf, w_used.astype(np.float64), None if scale is None else scale[1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())  # float32 sums of 1100
+    if x.dtype == np.float32:  # the option changed the operands: not the float32 product
+        assert np.abs(got - _reference(x, w[1], None if scale is None else scale[1])).max() > 1e-3
+    for i in (0, 9, 19):
+        np.testing.assert_array_equal(got[i:i + 1], np.asarray(call(jnp.asarray(x[i:i + 1]), jnp.asarray(w))))
+    with pytest.raises(ValueError, match="products must be None"):
+        cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w), 0, None, scale, products="float16")
+
+
 def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):
     """The kernel layout looks up a bfloat16 model's embeddings by row (the same values
     as `jnp.take`), so the compiled program holds no float32 copy of the table: XLA's

@@ -28,6 +28,7 @@ from viasd_jax import drafters as DR
 from viasd_jax import model as M
 from viasd_jax.cache import KVCache, with_lengths
 from viasd_jax.config import ModelConfig
+from viasd_jax.layout import layout_of, with_products
 from viasd_jax.params import Params
 from viasd_jax.sampling import SamplingParams, is_greedy, log_probs, row_keys
 from viasd_jax.stopping import first_stop
@@ -35,6 +36,7 @@ from viasd_jax.verify import TierResult, take, tiers, verify_chain
 from viasd_jax.windows import gather_window, window_positions, write_tokens
 
 MODES = ("ar", "sd", "via")
+PREFILL_DTYPES = ("float32", "bfloat16")
 # Who settled each committed token (`DecodeState.origin`): prompt, tier A, tier B (a
 # draft the slim verifier kept), slim verifier's own token (correction or bonus), a
 # draft the full model verified (tier C), the full model's own token.
@@ -56,6 +58,7 @@ class EngineConfig:
     lossless: bool = False  # via only: re-check pending tokens at the next full pass
     mesh: Any = None  # a `jax.sharding.Mesh` (see sharding.py): keep the state laid out on it
     verify_widths: tuple[int, ...] = ()  # narrower full passes a round may take when its window fits
+    prefill_dtype: str = "float32"  # "bfloat16": prefill's kernel products round both operands (see prefill)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,6 +72,8 @@ class EngineConfig:
             raise ValueError(f"pending_bound must be >= 0, got {self.pending_bound}")
         if self.lossless and self.mode != "via":
             raise ValueError("lossless=True applies to mode 'via' only (ar and sd are always lossless)")
+        if self.prefill_dtype not in PREFILL_DTYPES:
+            raise ValueError(f"prefill_dtype must be one of {', '.join(PREFILL_DTYPES)}, got {self.prefill_dtype!r}")
         if any(int(w) != w or not 1 <= w < self.full_width for w in self.verify_widths):
             raise ValueError(f"verify_widths must be integers in [1, {self.full_width}) (the full window), "
                              f"got {self.verify_widths}")
@@ -169,9 +174,14 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     tokens per forward, as many forwards as the longest prompt needs (a `lax.while_loop`).
 
     Chunks keep prefill compute near the prompt's real length: one forward over a
-    power-of-two bucket wastes up to half of it on padding, and prefill is compute-bound."""
+    power-of-two bucket wastes up to half of it on padding, and prefill is compute-bound.
+    With `config.prefill_dtype` "bfloat16" the CPU kernel's products round both operands
+    to bfloat16 (twice float32's multiply-adds per second): the prompt's K/V then differ
+    from float32's by that rounding, for every mode alike, so sd still equals ar token for
+    token under the same setting; the rounds run as configured."""
     count = jnp.maximum(state.prompt_len - 1, 0)
     d_params, d_cfg = _drafter_model(params, config) if state.draft_cache is not None else (None, None)
+    params, d_params = _prefill_products(params, d_params, config.prefill_dtype)
 
     def chunk(i, caches):
         cache, draft_cache = caches
@@ -187,6 +197,18 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     cache, draft_cache = jax.lax.fori_loop(0, chunks, chunk, (state.cache, state.draft_cache))
     draft_cache = None if draft_cache is None else with_lengths(draft_cache, count)
     return dataclasses.replace(state, cache=with_lengths(cache, count), draft_cache=draft_cache)
+
+
+def _prefill_products(params: EngineParams, d_params, prefill_dtype: str):
+    """The target's (and a kernel drafter's) params multiplying as `prefill_dtype` asks."""
+    if prefill_dtype == "float32":
+        return params, d_params
+    target = with_products(params.target, prefill_dtype)
+    if d_params is params.target:  # a self drafter
+        d_params = target
+    elif d_params is not None and layout_of(d_params) == "cpu-kernel":
+        d_params = with_products(d_params, prefill_dtype)
+    return dataclasses.replace(params, target=target), d_params
 
 
 def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, live):

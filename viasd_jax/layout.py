@@ -51,7 +51,8 @@ class OutputMajor:
     and `live` (traced, optional) tells the kernel how many leading activation rows
     are real tokens (`cpu_matvec.matvec`). `rows` (static, kernel only, one output
     axis): the kernel reads only the first `rows` output rows (a drafter's head over
-    part of the vocabulary).
+    part of the vocabulary). `products` (static, kernel only): "bfloat16" multiplies
+    with both operands rounded to bfloat16 (`cpu_matvec.matvec`; `with_products`).
     """
 
     w: object
@@ -59,6 +60,7 @@ class OutputMajor:
     live: jax.Array | None = None
     kernel: bool = dataclasses.field(default=False, metadata=dict(static=True))
     rows: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    products: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def shape(self):
@@ -172,8 +174,22 @@ def select_layer(w, idx, live=None):
     tagged with `idx` (the kernel reads the layer in place; a slice would be a copy)
     and with `live`, the number of leading activation rows the kernel computes."""
     if isinstance(w, OutputMajor) and w.kernel:
-        return OutputMajor(w.w, layer=idx, live=live, kernel=True)
+        return OutputMajor(w.w, layer=idx, live=live, kernel=True, products=w.products)
     return jax.tree.map(lambda a: a[idx], w)
+
+
+def with_products(params, products: str | None):
+    """`params` whose kernel matrices multiply with `products` (None: as their operands
+    are; "bfloat16": see `cpu_matvec.matvec`). The weights are the same arrays; only
+    how the kernel multiplies them changes (prefill's `prefill_dtype`)."""
+    from viasd_jax.cpu_matvec import _check_products
+
+    _check_products(products)
+    if products is not None and layout_of(params) != "cpu-kernel":
+        raise ValueError(f"products={products!r} needs layout 'cpu-kernel' (the CPU kernel rounds the operands), "
+                         f"not {layout_of(params)!r}")
+    return jax.tree.map(lambda w: dataclasses.replace(w, products=products) if isinstance(w, OutputMajor) else w,
+                        params, is_leaf=lambda w: isinstance(w, OutputMajor))
 
 
 def dense_output_major(x: jax.Array, w: OutputMajor, subscripts: str) -> jax.Array:
@@ -214,7 +230,7 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
         out_shape = _first_rows(b.shape[int(stacked): len(b.shape) - n_contracted], w.rows)
         batch_shape = x.shape[: x.ndim - n_contracted]
         y = cpu_matvec.matvec_blocks(x.reshape(math.prod(batch_shape), -1), b, w.layer if stacked else 0, w.live,
-                                     w.rows)
+                                     w.rows, w.products)
         return y.astype(x.dtype).reshape(*batch_shape, *out_shape)
     quantized = hasattr(w.w, "q")  # an Int8Weight: int8 rows, one scale per output row
     data = w.w.q if quantized else w.w
@@ -225,7 +241,8 @@ def _dense_kernel(x: jax.Array, w: OutputMajor, n_contracted: int) -> jax.Array:
     w3 = data.reshape(*lead, n, math.prod(k_shape))  # a bitcast: no copy
     scale = w.w.scale.reshape(*lead, n) if quantized else None
     batch_shape = x.shape[: x.ndim - n_contracted]
-    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live, scale, w.rows)
+    y = cpu_matvec.matvec(x.reshape(math.prod(batch_shape), -1), w3, w.layer if stacked else 0, w.live, scale, w.rows,
+                          w.products)
     return y.astype(x.dtype).reshape(*batch_shape, *_first_rows(out_shape, w.rows))
 
 

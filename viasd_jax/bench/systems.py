@@ -35,7 +35,7 @@ PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
 NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
-                  "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "verify_widths")
+                  "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "verify_widths", "prefill_dtype")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype")
 
@@ -168,7 +168,7 @@ def _our_options(base: str, drafter, o: dict) -> dict:
         "viasd-lookup": dict(mode="via", drafter="lookup", **{**engine, "gamma": o.get("lookup_gamma", 8)},
                              ngram=o.get("ngram", 3), min_ngram=o.get("min_ngram", 1)),
     }
-    opts = {**per_system[base], **sampling}
+    opts = {**per_system[base], **sampling, **{k: o[k] for k in ("prefill_dtype",) if k in o}}
     if drafter == "self" and base != "viasd-self":
         opts["self_route"] = o.get("self_route")
     if base == "viasd-sd":

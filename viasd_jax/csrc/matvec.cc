@@ -15,6 +15,8 @@
 // to float32 in registers against float32 activations and scaled once per output.
 // GGUF k-quant matrices multiply from their 4- or 6-bit codes (`matvec_blocks`), exactly
 // as their dequantized float32 weights would.
+// bfloat16 activations against float32 weights or codes (the `products="bfloat16"` option
+// of prefill) round each chunk of weight rows to bfloat16 and take the dot-product path.
 // The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
@@ -350,14 +352,44 @@ const uint16_t* as_bf16(const int8_t* q, int64_t size) {
   return buf.data();
 }
 
+// float32 as bfloat16, rounded to nearest (ties to even), subnormals to zero: what
+// AVX-512 BF16's conversion gives, so a row's tail agrees with its vector part.
+inline uint16_t to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  if ((b & 0x7F800000u) == 0) return uint16_t((b >> 16) & 0x8000u);
+  return uint16_t((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+// Rows of float32 weights rounded to bfloat16, in a buffer of the calling thread (the
+// `products="bfloat16"` path: prefill's compute-bound chunks at the dot-product rate).
+const uint16_t* rounded_bf16(const float* w, int64_t size) {
+  thread_local std::vector<uint16_t> buf;  // one chunk at a time per thread
+  buf.resize(size);
+  int64_t i = 0;
+#if defined(__AVX512BF16__)
+  for (; i + 2 * kLanes <= size; i += 2 * kLanes) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w + i + kLanes), _mm512_loadu_ps(w + i));
+    std::memcpy(buf.data() + i, &v, sizeof v);
+  }
+#endif
+  for (; i < size; ++i) buf[i] = to_bf16(w[i]);
+  return buf.data();
+}
+
 // `rows` for one chunk. int8 weights against bfloat16 activations convert each weight in
 // registers for up to 9 rows; for more (prefill) the chunk is converted once and takes
-// the bfloat16 path, which adds the same products in the same order.
+// the bfloat16 path, which adds the same products in the same order. float32 weights
+// against bfloat16 activations are rounded to bfloat16 per chunk, whatever M.
 template <typename T, typename X>
 void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  if constexpr (std::is_same_v<T, int8_t> && std::is_same_v<X, uint16_t>)
-    if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
-  rows(w, x, y, M, K, N, n0, n1);
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>) {
+    rows(rounded_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
+  } else {
+    if constexpr (std::is_same_v<T, int8_t> && std::is_same_v<X, uint16_t>)
+      if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
+    rows(w, x, y, M, K, N, n0, n1);
+  }
 }
 
 // Calls `chunk(n0, n1)` for consecutive chunks of kChunkRows of the N rows of W, on the
@@ -440,9 +472,17 @@ ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
 #else
     run(pool, wh, widened(static_cast<const uint16_t*>(x.untyped_data()), M * K), out, M, K, N);
 #endif
+  else if (xt == ffi::DataType::BF16 && wt == ffi::DataType::F32)  // products in bfloat16: W rounded per chunk
+#if defined(__AVX512BF16__)
+    run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K, static_cast<const uint16_t*>(x.untyped_data()),
+        out, M, K, N);
+#else  // no dot-product instruction to gain from: float32 W against the widened x
+    run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K,
+        widened(static_cast<const uint16_t*>(x.untyped_data()), M * K), out, M, K, N);
+#endif
   else
-    return ffi::Error::InvalidArgument("viasd matvec: weights must be float32 or bfloat16, and bfloat16 "
-                                       "activations need bfloat16 weights");
+    return ffi::Error::InvalidArgument("viasd matvec: weights must be float32 or bfloat16, and activations "
+                                       "float32 or bfloat16");
   return ffi::Error::Success();
 }
 
@@ -644,6 +684,29 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
   });
 }
 
+#if defined(__AVX512BF16__)
+// bfloat16 activations (`products="bfloat16"`): each chunk's float32 weights, made as
+// above, are rounded to bfloat16 and take the dot-product path, whatever M.
+template <bool Nibbles>
+void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float* y, int64_t M, int64_t N) {
+  parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
+    const uint16_t* w = rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K);
+    rows(w, x, y + n0, M, b.K, N, 0, n1 - n0);
+  });
+}
+#endif
+
+template <bool Nibbles>
+void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer& x, float* y, int64_t M, int64_t N) {
+  if (x.element_type() == ffi::DataType::F32) return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N);
+  const uint16_t* xh = static_cast<const uint16_t*>(x.untyped_data());
+#if defined(__AVX512BF16__)
+  run_blocks<Nibbles>(pool, b, xh, y, M, N);
+#else  // no dot-product instruction to gain from: the float32 weights against the widened x
+  run_blocks<Nibbles>(pool, b, widened(xh, M * b.K), y, M, N);
+#endif
+}
+
 // x [M, K] float32 against codes [N, C] or [L, N, C] (uint8) with scales and mins
 // [N, S] or [L, N, S] (float32; mins may be empty when no layer is Q4_K) and one
 // `BlockKind` per layer in `kinds` [L]: a Q6_K layer's slab holds codes [N, K] and
@@ -654,8 +717,9 @@ ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer 
                          ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> kinds, ffi::Buffer<ffi::S32> layer,
                          ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), cd = codes.dimensions(), sd = scales.dimensions();
-  if (x.element_type() != ffi::DataType::F32 || codes.element_type() != ffi::DataType::U8)
-    return ffi::Error::InvalidArgument("viasd matvec_blocks: x must be float32 and the codes uint8");
+  if ((x.element_type() != ffi::DataType::F32 && x.element_type() != ffi::DataType::BF16) ||
+      codes.element_type() != ffi::DataType::U8)
+    return ffi::Error::InvalidArgument("viasd matvec_blocks: x must be float32 or bfloat16 and the codes uint8");
   if (xd.size() != 2 || (cd.size() != 2 && cd.size() != 3) || sd.size() != cd.size() ||
       (mins.element_count() != 0 && mins.element_count() != scales.element_count()))
     return ffi::Error::InvalidArgument("viasd matvec_blocks: x [M, K], codes [(L,) N, C], scales and mins [(L,) N, S]");
@@ -676,11 +740,10 @@ ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer 
   if (M == 0) return ffi::Error::Success();
   const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * Nw * C, scales.typed_data() + l * Nw * S,
                  nibbles ? mins.typed_data() + l * Nw * S : nullptr, K};
-  const float* xf = static_cast<const float*>(x.untyped_data());
   if (nibbles)
-    run_blocks<true>(pool, b, xf, out, M, N);
+    run_blocks_any<true>(pool, b, x, out, M, N);
   else
-    run_blocks<false>(pool, b, xf, out, M, N);
+    run_blocks_any<false>(pool, b, x, out, M, N);
   return ffi::Error::Success();
 }
 
