@@ -5,7 +5,8 @@ bench's cost header does) of `--model` in `--dtype`, traces `--repeats` more, an
 prints the ops with the most total time on the host threads (XLA's CPU ops and the
 kernel's FFI calls). Usage:
 
-    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--quantize gguf] [--tokens 1]
+    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--quantize gguf] [--tokens 1] \
+        [--cache-len 256]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main():
     ap.add_argument("--cache-dtype", default=None, help="the KV cache's dtype (default: cache.kv_dtype's choice)")
     ap.add_argument("--quantize", default=None, help="int8, or gguf (the target's own GGUF codes)")
     ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--cache-len", type=int, default=256, help="cache slots (attention reads them all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
@@ -40,7 +42,7 @@ def main():
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool)
     toks = jnp.ones((1, args.tokens), jnp.int32)
-    cache = init_cache(cfg, 1, 256, args.cache_dtype or kv_dtype(model.dtype))
+    cache = init_cache(cfg, 1, args.cache_len, args.cache_dtype or kv_dtype(model.dtype))
     out, cache = _step(model.params, toks, cache, route, cfg=cfg)
     jax.block_until_ready(out)
     with tempfile.TemporaryDirectory() as tmp:
