@@ -698,7 +698,8 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float
 
 template <bool Nibbles>
 void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer& x, float* y, int64_t M, int64_t N) {
-  if (x.element_type() == ffi::DataType::F32) return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N);
+  if (x.element_type() == ffi::DataType::F32)
+    return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N);
   const uint16_t* xh = static_cast<const uint16_t*>(x.untyped_data());
 #if defined(__AVX512BF16__)
   run_blocks<Nibbles>(pool, b, xh, y, M, N);
