@@ -12,6 +12,7 @@ import os
 import sys
 
 from viasd_jax import fetch
+from viasd_jax.decode import PREFILL_DTYPES
 from viasd_jax.layout import LAYOUTS
 
 
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-vocab", type=int, default=None,
                    help="the drafter proposes only token ids below this; its LM head reads only those rows "
                         "(exact output; default: the whole vocabulary)")
-    g.add_argument("--prefill-dtype", choices=["float32", "bfloat16"], default="float32", help=PREFILL_DTYPE_HELP)
+    g.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default="float32", help=PREFILL_DTYPE_HELP)
     g.add_argument("--verify-widths", default=None,
                    help="narrower verification windows, e.g. '1,6', or 'none' (default: 1 for lookup, gamma+2 for via)")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable)")
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mix-lookup", type=int, default=0, help="model drafters: prompt-lookup drafts when >= this many")
     b.add_argument("--draft-stop", type=float, default=0.0, help="adaptive draft length threshold")
     b.add_argument("--draft-vocab", type=int, default=None, help="model drafters propose only ids below this")
-    b.add_argument("--prefill-dtype", choices=["float32", "bfloat16"], default=None,
+    b.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default=None,
                    help="our systems' prefill products (default float32; per system: @prefill_dtype=bfloat16)")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--limit", type=int, default=None, help="use this many prompts, spread over tasks")

@@ -448,6 +448,12 @@ def generate_loop(params: EngineParams, state: DecodeState, *, config: EngineCon
     return _rounds(_laid_out(prefill(state, params, config, prefill_width), config), params, config)
 
 
+def rounds_config(config: EngineConfig) -> EngineConfig:
+    """`config` less what only prefill reads (`prefill_dtype`), so that configurations
+    differing only in their prefill share one rounds program."""
+    return dataclasses.replace(config, prefill_dtype="float32")
+
+
 def prefill_config(config: EngineConfig) -> EngineConfig:
     """The part of `config` that prefill depends on (target, drafter, mesh), so that
     configurations differing only in their rounds share one prefill program."""

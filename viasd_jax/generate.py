@@ -236,9 +236,8 @@ class Prepared:
 
 
 def _prefill_dtype(prefill_dtype: str, target: Model) -> str:
-    if prefill_dtype not in D.PREFILL_DTYPES:
-        raise ValueError(f"prefill_dtype must be one of {', '.join(D.PREFILL_DTYPES)}, got {prefill_dtype!r}")
-    if prefill_dtype != "float32" and layout_of(target.params) != "cpu-kernel":
+    """`prefill_dtype` if the target's layout can take it (`EngineConfig` checks the value)."""
+    if prefill_dtype == "bfloat16" and layout_of(target.params) != "cpu-kernel":
         raise ValueError(f"prefill_dtype={prefill_dtype!r} needs the target in layout 'cpu-kernel' (the CPU kernel "
                          f"rounds the products), not {layout_of(target.params)!r}")
     return prefill_dtype
@@ -393,7 +392,7 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
         prepared.params, prepared.state)
     state = jax.block_until_ready(state)
     prefill_s = time.perf_counter() - t0 - prefill_compile_s
-    out, compile_s = run_compiled(D.rounds_loop, {"config": prepared.config}, prepared.params, state)
+    out, compile_s = run_compiled(D.rounds_loop, {"config": D.rounds_config(prepared.config)}, prepared.params, state)
     out = jax.block_until_ready(out)
     return collect(prepared, out, time.perf_counter() - t0, prefill_compile_s + compile_s, prefill_s)
 
