@@ -9,9 +9,11 @@ weights (per-row scales) against float32 activations; int8 weights against bfloa
 activations (converted to bfloat16 for the dot product); GGUF k-quant codes against
 float32 activations (`matvec_blocks`), two per byte (Q4_K, 0.75 bytes per weight with
 their scales and mins) and one per byte (Q6_K, 1.25 bytes per weight with their scales).
+The last two multiply the codes by activations quantized to int8 (`products="int8"`).
 GB/s counts the bytes each path streams (codes, scales and mins included).
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
-float32 and as its GGUF codes (`load(..., quantize="gguf")`, the same outputs).
+float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and as
+its codes against int8-quantized activations (`products="int8"`, lossy).
 Part 3 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
 drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype (and
 int8 over bfloat16) against the target's float32 1-token forward: for 1 token, `c` as
@@ -25,12 +27,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 
 from viasd_jax import cpu_matvec
+from viasd_jax.layout import with_products
 
 SHAPES = {"1.5B MLP": (28, 8960, 1536), "0.5B MLP": (24, 4864, 896)}
 PATHS = {  # name: (weight dtype, activation dtype)
@@ -41,12 +45,14 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "int8 w, bf16 x": (jnp.int8, jnp.bfloat16),
     "gguf nibbles": ("nibbles", jnp.float32),
     "gguf bytes": ("bytes", jnp.float32),
+    "gguf nibbles x int8": ("nibbles", "int8"),
+    "gguf bytes x int8": ("bytes", "int8"),
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
             "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf")}
 
 
-def weights_and_product(layers: int, n: int, k: int, w_dtype):
+def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
     """(weight operands, `product(x, w, layer)`, bytes streamed per pass over all layers)."""
     if w_dtype in ("nibbles", "bytes"):
         from viasd_jax.gguf_blocks import KINDS, BlockWeight
@@ -56,7 +62,9 @@ def weights_and_product(layers: int, n: int, k: int, w_dtype):
         w = BlockWeight(jnp.full((layers, n, k // 2 if q4 else k), 7, jnp.uint8), jnp.ones((layers, n, k // sub)),
                         jnp.ones((layers, n, k // sub)) if q4 else jnp.zeros((0,)),
                         jnp.full((layers,), KINDS["Q4_K" if q4 else "Q6_K"], jnp.int32), (layers, n, k), k)
-        return w, lambda x, w, i: cpu_matvec.matvec_blocks(x, w, i), sum(a.nbytes for a in jax.tree.leaves(w))
+        products = "int8" if x_dtype == "int8" else None
+        return (w, lambda x, w, i: cpu_matvec.matvec_blocks(x, w, i, products=products),
+                sum(a.nbytes for a in jax.tree.leaves(w)))
     w = jnp.ones((layers, n, k), w_dtype)
     scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
     return w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale), w.nbytes + (scale.nbytes if scale is not None else 0)
@@ -67,8 +75,8 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
     another as a model's layers run (a loop: independent products in straight-line code
     would run side by side on XLA's threads, each then on one thread)."""
     w_dtype, x_dtype = dtypes
-    w, product, nbytes = weights_and_product(layers, n, k, w_dtype)
-    x = jnp.ones((rows, k), x_dtype)
+    w, product, nbytes = weights_and_product(layers, n, k, w_dtype, x_dtype)
+    x = jnp.ones((rows, k), jnp.float32 if x_dtype == "int8" else x_dtype)
     every_layer = jax.jit(lambda x, w: jax.lax.fori_loop(0, layers, lambda i, s: s + product(x, w, i)[0, 0], 0.0))
     every_layer(x, w).block_until_ready()
     best = float("inf")
@@ -109,8 +117,11 @@ def main():
         print("\n| target | new tokens | ms | vs float32 |")
         print("|---|---:|---:|---:|")
         times = {}
-        for label, quantize in (("float32", None), ("gguf codes", "gguf")):
+        for label, quantize, products in (("float32", None, None), ("gguf codes", "gguf", None),
+                                          ("gguf codes, int8 products", "gguf", "int8")):
             target = viasd_jax.load(args.target, quantize=quantize)
+            if products:
+                target = dataclasses.replace(target, params=with_products(target.params, products))
             for tokens in (int(t) for t in args.tokens.split(",")):
                 times[label, tokens] = t = costs.forward_seconds(target, tokens, repeats=args.repeats)
                 print(f"| {label} | {tokens} | {t * 1e3:.1f} | {times['float32', tokens] / t:.2f} |", flush=True)

@@ -52,6 +52,7 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     (["generate", "--target", "HF", "--prompts", "/no/file.jsonl"], "no such prompts file"),
     (["generate", "--target", "HF", "--prompt", "x", "--layout", "input-major", "--prefill-dtype", "bfloat16"],
      "needs the target in layout 'cpu-kernel'"),
+    (["generate", "--target", "HF", "--prompt", "x", "--products", "int8"], "it needs --quantize gguf"),
 ])
 def test_bad_input_is_one_line(hf_dirs, capsys, argv, message):
     argv = [hf_dirs["llama"] if a == "HF" else a for a in argv]

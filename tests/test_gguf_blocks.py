@@ -84,6 +84,47 @@ def test_kernel_is_bitwise_the_float32_kernel(kinds):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def int8_reference(x: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """`x [M, K]` quantized to int8 per 32 as the kernel's int8 products do it (float32
+    `dx = max|x| / 127`, `round(x / dx)`, ties to even), times float32 weights `[N, K]`, in float64."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    dx = np.abs(blocks).max(-1, keepdims=True) / np.float32(127)
+    q = np.where(dx > 0, np.clip(np.rint(blocks / np.where(dx > 0, dx, 1)), -127, 127), 0)
+    return (q * dx.astype(np.float64)).reshape(x.shape) @ dense.astype(np.float64).T
+
+
+@pytest.mark.parametrize("kinds", [("Q4_K", "Q6_K"), ("Q6_K", "Q4_K")], ids=["nibbles", "bytes"])
+def test_int8_products_are_the_quantized_activations_product(kinds):
+    """products="int8": each output is the product of the row's int8-quantized activations
+    with the weights (to float32 accuracy), close to but not the float32 product; and a
+    row's result is the same to the bit alone, among 1-9 rows or prefill's 12 and 20."""
+    import jax.numpy as jnp
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(2)
+    b, dense = _block_weight(rng, kinds, 53, 2304)  # prefill's K blocks: 2048 + 256 (Q4_K), 2 x 1024 + 256 (Q6_K)
+    x = rng.standard_normal((20, 2304)).astype(np.float32)
+    x[3, :32] = 0  # an all-zero block has scale 0
+    x[4, 40] = 30.0  # an outlier coarsens its own block only
+    alone = np.stack([np.asarray(cpu_matvec.matvec_blocks(jnp.asarray(x[i:i + 1]), b, 0, products="int8"))[0]
+                      for i in range(20)])
+    want = int8_reference(x, dense[0])
+    scale = np.abs(x).astype(np.float64) @ np.abs(dense[0]).astype(np.float64).T
+    assert np.abs(alone - want).max() / scale.max() < 1e-6
+    exact = x.astype(np.float64) @ dense[0].astype(np.float64).T
+    err = np.abs(alone - exact) / np.abs(exact).max()
+    assert 1e-5 < err.max() < 0.02
+    for m in (*range(2, 10), 12, 20):
+        got = np.asarray(cpu_matvec.matvec_blocks(jnp.asarray(x[:m]), b, 0, products="int8"))
+        np.testing.assert_array_equal(got.view(np.uint32), alone[:m].view(np.uint32))
+    part = np.asarray(cpu_matvec.matvec_blocks(jnp.asarray(x[:7]), b, 0, 3, products="int8"))
+    np.testing.assert_array_equal(part[:3].view(np.uint32), alone[:3].view(np.uint32))
+    assert not part[3:].any()
+    with pytest.raises(ValueError, match="multiplies GGUF codes"):
+        cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(dense), 0, products="int8")
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
 @pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])
 def test_kernel_compiles_for_each_vector_width(march):
@@ -94,7 +135,7 @@ def test_kernel_compiles_for_each_vector_width(march):
 
     flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC", "-march=native")]
     cmd = [cpu_matvec._compiler(), *flags, f"-march={march}", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
-           cpu_matvec.SOURCE]
+           *cpu_matvec.compiled()]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -167,6 +208,31 @@ def test_block_model_generates_exactly_the_float32_model(twins):
                                   np.asarray(viasd_jax.score(blocks, seq)).view(np.uint32))
     sd = viasd_jax.generate(blocks, prompt, max_new_tokens=12, chat_template=False, drafter=dense, mode="sd", gamma=3)
     assert sd.tokens == a.tokens
+
+
+def test_int8_products_keep_sd_equal_to_ar(twins):
+    """products="int8" changes the target's numerics (logits close to float32's, not the
+    same) but each row's product is its own: sd and via-lossless under it equal plain
+    decoding under it, token for token."""
+    import dataclasses
+
+    from viasd_jax.layout import with_products
+
+    dense, blocks, path = twins
+    q8 = dataclasses.replace(blocks, params=with_products(blocks.params, "int8"))
+    assert q8.params.layers.wq.products == "int8" and q8.params.embed is blocks.params.embed
+    prompt = [[5, 9, 11, 3, 7, 21, 8]]
+    ar = viasd_jax.generate(q8, prompt, max_new_tokens=12, chat_template=False)
+    for kw in (dict(mode="sd", gamma=3), dict(mode="via", gamma=3, lossless=True)):
+        out = viasd_jax.generate(q8, prompt, max_new_tokens=12, chat_template=False, drafter=dense, **kw)
+        assert out.tokens == ar.tokens, kw
+    seq = [prompt[0] + ar.tokens[0]]
+    want, got = np.asarray(viasd_jax.score(dense, seq)), np.asarray(viasd_jax.score(q8, seq))
+    assert not np.array_equal(got, want) and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    with pytest.raises(ValueError, match="load the model with quantize='gguf'"):
+        with_products(dense.params, "int8")
+    with pytest.raises(ValueError, match="needs quantize='gguf'"):
+        viasd_jax.load(path, products="int8")
 
 
 def test_block_loading_refuses_what_it_cannot_reproduce(twins, hf_dirs, tmp_path):

@@ -242,7 +242,7 @@ def test_kernel_compiles_without_avx512_bf16():
 
     flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC")]
     cmd = [cpu_matvec._compiler(), *flags, "-mno-avx512bf16", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
-           cpu_matvec.SOURCE]
+           *cpu_matvec.compiled()]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

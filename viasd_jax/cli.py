@@ -123,7 +123,11 @@ def cmd_generate(args) -> None:
     widths = None if args.verify_widths is None else parse_widths(args.verify_widths)  # bad text fails before loading
     prompts = _read_prompts(args)
     quantize = target_quantize(args.quantize, args.target, args.dtype, args.layout)
-    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=quantize, layout=args.layout)
+    if args.products is not None and quantize != "gguf":
+        raise ValueError(f"--products {args.products} multiplies GGUF codes: it needs --quantize gguf (or auto on "
+                         "a model whose GGUF codes apply)")
+    target = viasd_jax.load(args.target, dtype=args.dtype, quantize=quantize, layout=args.layout,
+                            products=args.products)
     drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, quantize)
     drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, quantize)
     drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout)
@@ -301,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gguf: the target's own GGUF Q4_K/Q6_K codes, multiplied exactly as its float32 weights "
                         "(a registered model or .gguf; CPU); int8: weight-only matrices (target and drafter; lossy); "
                         "none: float weights; auto (default): gguf where it applies, else none")
+    g.add_argument("--products", choices=["int8"], default=None,
+                   help="int8: the target's GGUF codes meet activations quantized to int8 per 32 values, multiplied "
+                        "in integers (llama.cpp's numerics; lossy, faster; needs the gguf codes)")
     g.add_argument("--drafter-quantize", choices=["int8", "none"], default=None,
                    help="the drafter's matrices (default: int8 under a float32 target, else as --quantize); "
                         "a drafter only proposes, so lossless output is unchanged")

@@ -25,12 +25,14 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TARGET = "viasd_matvec"
 TARGET_INT8 = "viasd_matvec_int8"
 TARGET_BLOCKS = "viasd_matvec_blocks"
 TAKE_ROWS = "viasd_take_rows"
-SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "matvec.cc")
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), "csrc", name)
+                for name in ("matvec.cc", "int8_products.cc", "common.h"))
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -61,13 +63,17 @@ def _cache_dir() -> str:
     return os.path.join(os.environ.get("VIASD_CACHE", os.path.expanduser("~/.cache/viasd-jax")), "kernels")
 
 
+def compiled() -> list[str]:
+    """The kernel's source files (SOURCES less the headers they include)."""
+    return [path for path in SOURCES if path.endswith(".cc")]
+
+
 def build() -> str:
     """Path of the compiled library for this source, jaxlib and CPU (compiled if missing)."""
     import jaxlib
 
     cxx = _compiler()
-    with open(SOURCE, "rb") as f:
-        source = f.read()
+    source = b"\0".join(open(path, "rb").read() for path in SOURCES)
     key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(FLAGS).encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
     path = os.path.join(_cache_dir(), f"matvec-{key}.so")
@@ -76,11 +82,11 @@ def build() -> str:
     os.makedirs(_cache_dir(), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
         out = os.path.join(tmp, "matvec.so")
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", out]
+        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", *compiled(), "-o", out]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise KernelUnavailable(f"compiling {SOURCE} failed: {last}")
+            raise KernelUnavailable(f"compiling {' '.join(compiled())} failed: {last}")
         os.replace(out, path)  # atomic: concurrent builders agree on the result
     return path
 
@@ -97,12 +103,12 @@ def ensure() -> None:
     jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
-PRODUCTS = (None, "bfloat16")
+PRODUCTS = (None, "bfloat16", "int8")
 
 
 def _check_products(products) -> None:
     if products not in PRODUCTS:
-        raise ValueError(f"products must be None (as the operands are) or 'bfloat16', got {products!r}")
+        raise ValueError(f"products must be None (as the operands are), 'bfloat16' or 'int8', got {products!r}")
 
 
 def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None,
@@ -125,6 +131,9 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     """
     ensure()
     _check_products(products)
+    if products == "int8":
+        raise ValueError("products='int8' multiplies GGUF codes (matvec_blocks, quantize='gguf'), "
+                         f"not {w.dtype} weights")
     if products == "bfloat16":
         x = x.astype(jnp.bfloat16)
     out = jax.ShapeDtypeStruct((x.shape[0], _rows(w.shape[-2], rows)), jnp.float32)
@@ -154,17 +163,24 @@ def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array |
     code[n, k] - min` with one rounding. `x` is read as float32. `layer`, `live` as in
     `matvec`; each output is bitwise what `matvec` gives for the float32 weights. `rows`
     and `products` as in `matvec` (with "bfloat16", bitwise what `matvec` gives for the
-    float32 weights with that option). Not differentiable.
+    float32 weights with that option). `products="int8"`: each row of x is quantized to
+    int8 per 32 values (`dx = max|x| / 127`, `xq = round(x / dx)`) and multiplied with
+    the codes in integers, the scales applied per sub-block (llama.cpp's numerics,
+    `csrc/int8_products.cc`): lossy against float32 products, each row's result still
+    independent of the other rows. Not differentiable.
     """
     ensure()
     _check_products(products)
     if x.shape[-1] != w.k:
         raise ValueError(f"matvec_blocks: x {x.shape} does not match codes {w.codes.shape} of K = {w.k}")
+    if products == "int8" and w.k % 128:
+        raise ValueError(f"matvec_blocks: products='int8' needs K a multiple of 128, got {w.k}")
     out = jax.ShapeDtypeStruct((x.shape[0], _rows(w.codes.shape[-2], rows)), jnp.float32)
     call = jax.ffi.ffi_call(TARGET_BLOCKS, out, vmap_method="sequential")
     live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
     x = x.astype(jnp.bfloat16 if products == "bfloat16" else jnp.float32)
-    return call(x, w.codes, w.scales, w.mins, w.kinds, jnp.asarray(layer, jnp.int32), live)
+    return call(x, w.codes, w.scales, w.mins, w.kinds, jnp.asarray(layer, jnp.int32), live,
+                int8_products=np.int32(products == "int8"))
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

@@ -180,16 +180,22 @@ def select_layer(w, idx, live=None):
 
 def with_products(params, products: str | None):
     """`params` whose kernel matrices multiply with `products` (None: as their operands
-    are; "bfloat16": see `cpu_matvec.matvec`). The weights are the same arrays; only
-    how the kernel multiplies them changes (prefill's `prefill_dtype`)."""
+    are; "bfloat16": see `cpu_matvec.matvec`; "int8": see `cpu_matvec.matvec_blocks`,
+    GGUF codes only, other matrices keep their products). The weights are the same
+    arrays; only how the kernel multiplies them changes."""
     from viasd_jax.cpu_matvec import _check_products
+    from viasd_jax.gguf_blocks import BlockWeight
 
     _check_products(products)
     if products is not None and layout_of(params) != "cpu-kernel":
         raise ValueError(f"products={products!r} needs layout 'cpu-kernel' (the CPU kernel rounds the operands), "
                          f"not {layout_of(params)!r}")
-    return jax.tree.map(lambda w: dataclasses.replace(w, products=products) if isinstance(w, OutputMajor) else w,
-                        params, is_leaf=lambda w: isinstance(w, OutputMajor))
+    is_matrix = lambda w: isinstance(w, OutputMajor)  # noqa: E731
+    takes = (lambda w: isinstance(w.w, BlockWeight)) if products == "int8" else (lambda w: True)  # noqa: E731
+    if products == "int8" and not any(takes(w) for w in jax.tree.leaves(params, is_leaf=is_matrix) if is_matrix(w)):
+        raise ValueError("products='int8' multiplies GGUF codes: load the model with quantize='gguf'")
+    return jax.tree.map(lambda w: dataclasses.replace(w, products=products) if is_matrix(w) and takes(w) else w,
+                        params, is_leaf=is_matrix)
 
 
 def dense_output_major(x: jax.Array, w: OutputMajor, subscripts: str) -> jax.Array:

@@ -11,7 +11,8 @@ system on a second copy of the target / drafter in that weight layout, and
 its GGUF codes (exact; the drafter as it is), `dtype=bfloat16` on bfloat16 copies of both,
 `drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone, `drafter_quantize=int8`
 on an int8 copy of the drafter alone (each copy loaded once, shared by every system
-that names it). A drafter only proposes, so its dtype
+that names it); `products=int8` multiplies a GGUF-codes target by int8-quantized
+activations (`load(..., products=)`; lossy). A drafter only proposes, so its dtype
 changes speed and acceptance, never the lossless modes' output; the target's dtype
 changes the output (its agreement is measured against the bench's own target).
 """
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import viasd_jax
 from viasd_jax import fetch
 from viasd_jax.generate import parse_widths
-from viasd_jax.layout import layout_of
+from viasd_jax.layout import layout_of, with_products
 
 OURS = ("viasd-ar", "viasd-sd", "viasd-via", "viasd-via-lossless", "viasd-self", "viasd-lookup")
 PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
@@ -37,7 +38,7 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "verify_widths", "prefill_dtype")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype", "products")
 
 
 @dataclasses.dataclass
@@ -211,6 +212,8 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         o = {**(options or {}), **overrides}
         if base in OURS:
             t = variant(target, target_path, o.get("layout"), o.get("quantize"), o.get("dtype"))
+            if o.get("products"):  # the same arrays, multiplied otherwise
+                t = dataclasses.replace(t, params=with_products(t.params, o["products"]))
             inherited = None if o.get("quantize") == "gguf" else o.get("quantize")  # gguf: the target's own file
             d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("drafter_quantize", inherited),
                         o.get("drafter_dtype", o.get("dtype")))

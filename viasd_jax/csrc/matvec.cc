@@ -35,9 +35,13 @@
 #include <immintrin.h>
 #endif
 
+#include "common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using viasd::Blocks;
+using viasd::kChunkRows;
+using viasd::parallel_chunks;
 
 namespace {
 
@@ -220,7 +224,6 @@ void sweep(const T* w, const X* x, float* y, int64_t K, int64_t N, int64_t n0, i
   for (; n < n1; ++n) row_block<M, 1>(w, x, y, K, N, n);
 }
 
-constexpr int64_t kChunkRows = 48;  // rows of W per unit of work: a multiple of 3 and 4
 constexpr int64_t kBlockBytes = 2048;  // of each x row per K block: a group's block stays in L1
 
 // As `row_block`, but accumulating k in [k0, k1) onto partial sums kept in `partial`
@@ -305,13 +308,6 @@ void rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N, int
     group(w, x + m * K, y + m * N, std::min<int64_t>(M - m, 9), K, N, n0, n1, blocked);
 }
 
-// Splits rows of W into chunks that the caller and the pool's threads claim in turn.
-// The caller claims chunks too, so the call finishes even if no pool thread is free.
-struct Job {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t chunks = 0;
-};
-
 // x rows with each full block of 2 * kLanes reordered to its even elements, then its
 // odd ones (the order `load_pairs` widens bfloat16 weights in); the tail stays as is.
 const float* split_pairs(const float* x, int64_t M, int64_t K) {
@@ -390,24 +386,6 @@ void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t 
       if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
     rows(w, x, y, M, K, N, n0, n1);
   }
-}
-
-// Calls `chunk(n0, n1)` for consecutive chunks of kChunkRows of the N rows of W, on the
-// caller and the pool's threads; returns when every chunk is done.
-template <typename Chunk>
-void parallel_chunks(ffi::ThreadPool& pool, int64_t N, Chunk chunk) {
-  auto job = std::make_shared<Job>();
-  job->chunks = (N + kChunkRows - 1) / kChunkRows;
-  auto work = [job, N, chunk]() {
-    for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
-      chunk(c * kChunkRows, std::min(N, (c + 1) * kChunkRows));
-      job->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
 }
 
 // `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
@@ -542,22 +520,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecInt8, matvec_int8,
 
 namespace {
 
-// GGUF k-quant matrices kept as their integer codes, with one float32 scale and min per
-// sub-block of S weights of a row: w[n, k] = scale[n, k / S] * code[n, k] - min[n, k / S],
-// with one rounding (a fused multiply-subtract). That is bit for bit the float32 weight
-// that gguf's dequantization writes (`viasd_jax/gguf_blocks.py` says why), and the rows
-// below add the same products in the same order as `run` does over that float32
-// matrix, so the result is the same to the bit while 1/5 to 1/3 of the bytes stream.
-// Each layer has its own packing (a stack of Q4_K_M mixes them): nibbles (Q4_K: S = 32;
-// byte i of a sub-block holds code i in its low half and code 16 + i in its high half)
-// or bytes (Q6_K: S = 16, one code per byte, and min = 32 * scale, so no mins stream).
-struct Blocks {
-  const uint8_t* codes;
-  const float* scales;
-  const float* mins;  // nibbles only
-  int64_t K;
-};
-
+// GGUF k-quant matrices as their codes (`Blocks`, common.h). The rows below add the same
+// products in the same order as `run` does over the matrix's float32 weights, so the
+// result is the same to the bit while 1/5 to 1/3 of the bytes stream.
 enum BlockKind : int32_t { kQ4K = 0, kQ6K = 1 };  // as gguf_blocks.KINDS
 
 constexpr int64_t kBlockStep = 32;  // weights per step: a sub-block of nibbles
@@ -713,10 +678,11 @@ void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer
 // `BlockKind` per layer in `kinds` [L]: a Q6_K layer's slab holds codes [N, K] and
 // scales [N, K / 16] (C = K, S = K / 16); a Q4_K layer's holds codes [N, K / 2] and
 // scales and mins [N, K / 32] in the first part of its slab (C = K / 2 and S = K / 32
-// when every layer is Q4_K). `layer` and `live` as in `matvec`.
+// when every layer is Q4_K). `layer` and `live` as in `matvec`. `int8_products` (float32
+// x only): x is quantized to int8 per 32 and multiplied in integers (`int8_products.cc`).
 ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
                          ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> kinds, ffi::Buffer<ffi::S32> layer,
-                         ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
+                         ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y, int32_t int8_products) {
   const auto xd = x.dimensions(), cd = codes.dimensions(), sd = scales.dimensions();
   if ((x.element_type() != ffi::DataType::F32 && x.element_type() != ffi::DataType::BF16) ||
       codes.element_type() != ffi::DataType::U8)
@@ -741,7 +707,11 @@ ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer 
   if (M == 0) return ffi::Error::Success();
   const Blocks b{static_cast<const uint8_t*>(codes.untyped_data()) + l * Nw * C, scales.typed_data() + l * Nw * S,
                  nibbles ? mins.typed_data() + l * Nw * S : nullptr, K};
-  if (nibbles)
+  if (int8_products) {
+    if (x.element_type() != ffi::DataType::F32 || K % 128 != 0)
+      return ffi::Error::InvalidArgument("viasd matvec_blocks: int8 products take float32 x and K a multiple of 128");
+    viasd::blocks_times_int8(pool, b, nibbles, static_cast<const float*>(x.untyped_data()), out, M, N);
+  } else if (nibbles)
     run_blocks_any<true>(pool, b, x, out, M, N);
   else
     run_blocks_any<false>(pool, b, x, out, M, N);
@@ -760,7 +730,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecBlocks, matvec_blocks,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("int8_products"));
 
 namespace {
 

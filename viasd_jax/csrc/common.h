@@ -1,0 +1,61 @@
+// What the kernel's two sources share: the split of a product's weight rows into chunks
+// run on XLA's intra-op threads, and GGUF codes as the kernels read them.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace viasd {
+
+constexpr int64_t kChunkRows = 48;  // rows of W per unit of work: a multiple of 3 and 4
+
+// Splits rows of W into chunks that the caller and the pool's threads claim in turn.
+// The caller claims chunks too, so the call finishes even if no pool thread is free.
+struct Job {
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t chunks = 0;
+};
+
+// Calls `chunk(n0, n1)` for consecutive chunks of kChunkRows of the N rows of W, on the
+// caller and the pool's threads; returns when every chunk is done.
+template <typename Chunk>
+void parallel_chunks(xla::ffi::ThreadPool& pool, int64_t N, Chunk chunk) {
+  auto job = std::make_shared<Job>();
+  job->chunks = (N + kChunkRows - 1) / kChunkRows;
+  auto work = [job, N, chunk]() {
+    for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
+      chunk(c * kChunkRows, std::min(N, (c + 1) * kChunkRows));
+      job->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+}
+
+// GGUF k-quant matrices kept as their integer codes, with one float32 scale and min per
+// sub-block of S weights of a row: w[n, k] = scale[n, k / S] * code[n, k] - min[n, k / S],
+// with one rounding (a fused multiply-subtract). That is bit for bit the float32 weight
+// that gguf's dequantization writes (`viasd_jax/gguf_blocks.py` says why).
+// Each layer has its own packing (a stack of Q4_K_M mixes them): nibbles (Q4_K: S = 32;
+// byte i of a sub-block holds code i in its low half and code 16 + i in its high half)
+// or bytes (Q6_K: S = 16, one code per byte, and min = 32 * scale, so no mins stream).
+struct Blocks {
+  const uint8_t* codes;
+  const float* scales;
+  const float* mins;  // nibbles only
+  int64_t K;
+};
+
+// y [M, N] = x [M, K] . W^T for W the codes `b` (`nibbles`: Q4_K, else Q6_K), x
+// quantized to int8 per 32 activations (`int8_products.cc`).
+void blocks_times_int8(xla::ffi::ThreadPool& pool, const Blocks& b, bool nibbles, const float* x, float* y,
+                       int64_t M, int64_t N);
+
+}  // namespace viasd
