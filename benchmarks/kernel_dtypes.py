@@ -27,14 +27,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 
 from viasd_jax import cpu_matvec
-from viasd_jax.layout import with_products
 
 SHAPES = {"1.5B MLP": (28, 8960, 1536), "0.5B MLP": (24, 4864, 896)}
 PATHS = {  # name: (weight dtype, activation dtype)
@@ -49,7 +47,8 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "gguf bytes x int8": ("bytes", "int8"),
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
-            "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf")}
+            "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf"),
+            "gguf codes x int8": dict(quantize="gguf", products="int8")}
 
 
 def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
@@ -119,9 +118,7 @@ def main():
         times = {}
         for label, quantize, products in (("float32", None, None), ("gguf codes", "gguf", None),
                                           ("gguf codes, int8 products", "gguf", "int8")):
-            target = viasd_jax.load(args.target, quantize=quantize)
-            if products:
-                target = dataclasses.replace(target, params=with_products(target.params, products))
+            target = viasd_jax.load(args.target, quantize=quantize, products=products)
             for tokens in (int(t) for t in args.tokens.split(",")):
                 times[label, tokens] = t = costs.forward_seconds(target, tokens, repeats=args.repeats)
                 print(f"| {label} | {tokens} | {t * 1e3:.1f} | {times['float32', tokens] / t:.2f} |", flush=True)

@@ -53,6 +53,8 @@ def test_convert_then_generate(hf_dirs, tmp_path, capsys):
     (["generate", "--target", "HF", "--prompt", "x", "--layout", "input-major", "--prefill-dtype", "bfloat16"],
      "needs the target in layout 'cpu-kernel'"),
     (["generate", "--target", "HF", "--prompt", "x", "--products", "int8"], "it needs --quantize gguf"),
+    (["generate", "--target", "HF", "--drafter", "HF", "--prompt", "x", "--drafter-products", "int8"],
+     "it needs --drafter-quantize gguf"),
 ])
 def test_bad_input_is_one_line(hf_dirs, capsys, argv, message):
     argv = [hf_dirs["llama"] if a == "HF" else a for a in argv]
@@ -71,6 +73,7 @@ def test_generate_drafts_in_bfloat16_under_a_float32_target():
     assert default_drafter_dtype("float32", np.dtype("float32"), None, None) == "float32"  # asked for
     assert default_drafter_dtype(None, np.dtype("float32"), None, "int8") is None  # int8 keeps the checkpoint's
     assert default_drafter_dtype(None, np.dtype("bfloat16"), "bfloat16", None) == "bfloat16"
+    assert default_drafter_dtype(None, np.dtype("float32"), None, "gguf", "gguf") is None  # codes: float32
 
 
 def test_generate_stops_drafting_early_in_sd_with_a_model_drafter():

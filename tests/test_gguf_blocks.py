@@ -235,6 +235,20 @@ def test_int8_products_keep_sd_equal_to_ar(twins):
         viasd_jax.load(path, products="int8")
 
 
+def test_bench_products_overrides(twins):
+    """@products / @drafter_products reach the target / drafter of our systems alone
+    (the same arrays); sd still equals ar under them."""
+    from viasd_jax.bench.systems import make_systems
+
+    _, blocks, path = twins
+    ar, sd = make_systems(["viasd-ar@products=int8", "viasd-sd@products=int8:drafter_products=int8"], blocks, path,
+                          "float32", drafter=blocks, drafter_path=path)
+    assert ar.target.params.layers.w_up.products == sd.options["drafter"].params.layers.w_up.products == "int8"
+    assert ar.target.params.layers.w_up.w is blocks.params.layers.w_up.w and blocks.params.layers.w_up.products is None
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    assert sd.run(prompt, 8).tokens == ar.run(prompt, 8).tokens
+
+
 def test_block_loading_refuses_what_it_cannot_reproduce(twins, hf_dirs, tmp_path):
     dense, _, path = twins
     other = viasd_jax.load(hf_dirs["qwen2"])  # different weights and shapes

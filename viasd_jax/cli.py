@@ -61,22 +61,26 @@ LAYOUT_HELP = ("weight matrices' memory layout; cpu-kernel: output-major through
                "auto (default): cpu-kernel on one CPU (float32, bfloat16 or int8 weights), else input-major")
 
 
-def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto"):
+def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto", products=None):
     import viasd_jax
 
     if spec in (None, "self", "lookup"):
         return spec
-    return viasd_jax.load(spec, dtype=dtype, quantize=quantize, layout=layout)
+    return viasd_jax.load(spec, dtype=dtype, quantize=quantize, layout=layout, products=products)
 
 
-def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None, quantize: str | None):
+def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None, quantize: str | None,
+                          drafter_quantize: str | None = None):
     """The drafter's dtype for `viasd generate`: `requested` if given; else bfloat16 under a
     float32, unquantized target (a drafter only proposes: lossless output is unchanged, and
     sd ran 1.13x faster per request on the 48 dev prompts, docs/performance.md; lossy via's
     tier-A accepts read the drafter, so its text may change: agreement 0.822 either way on
-    6 prompts); else `dtype` (None keeps the checkpoint's)."""
+    6 prompts); else `dtype` (None keeps the checkpoint's). A drafter on its GGUF codes
+    (`drafter_quantize` "gguf") is float32."""
     if requested:
         return requested
+    if drafter_quantize == "gguf":  # the codes reproduce the float32 model
+        return None
     if quantize in (None, "gguf") and str(target_dtype) == "float32":
         return "bfloat16"
     return dtype
@@ -128,9 +132,12 @@ def cmd_generate(args) -> None:
                          "a model whose GGUF codes apply)")
     target = viasd_jax.load(args.target, dtype=args.dtype, quantize=quantize, layout=args.layout,
                             products=args.products)
-    drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, quantize)
     drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, quantize)
-    drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout)
+    drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, quantize, drafter_quantize)
+    if args.drafter_products is not None and drafter_quantize != "gguf":
+        raise ValueError(f"--drafter-products {args.drafter_products} multiplies GGUF codes: it needs "
+                         "--drafter-quantize gguf")
+    drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout, args.drafter_products)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
         target,
@@ -308,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--products", choices=["int8"], default=None,
                    help="int8: the target's GGUF codes meet activations quantized to int8 per 32 values, multiplied "
                         "in integers (llama.cpp's numerics; lossy, faster; needs the gguf codes)")
-    g.add_argument("--drafter-quantize", choices=["int8", "none"], default=None,
-                   help="the drafter's matrices (default: int8 under a float32 target, else as --quantize); "
-                        "a drafter only proposes, so lossless output is unchanged")
+    g.add_argument("--drafter-quantize", choices=["int8", "gguf", "none"], default=None,
+                   help="the drafter's matrices (default: int8 under a float32 target, else as --quantize; gguf: "
+                        "its own GGUF codes); a drafter only proposes, so lossless output is unchanged")
+    g.add_argument("--drafter-products", choices=["int8"], default=None,
+                   help="as --products, for a drafter on its GGUF codes (output unchanged)")
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
 

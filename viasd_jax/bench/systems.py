@@ -11,10 +11,11 @@ system on a second copy of the target / drafter in that weight layout, and
 its GGUF codes (exact; the drafter as it is), `dtype=bfloat16` on bfloat16 copies of both,
 `drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone, `drafter_quantize=int8`
 on an int8 copy of the drafter alone (each copy loaded once, shared by every system
-that names it); `products=int8` multiplies a GGUF-codes target by int8-quantized
-activations (`load(..., products=)`; lossy). A drafter only proposes, so its dtype
-changes speed and acceptance, never the lossless modes' output; the target's dtype
-changes the output (its agreement is measured against the bench's own target).
+that names it). `products=int8` multiplies a GGUF-codes target by int8-quantized
+activations (`load(..., products=)`; lossy), `drafter_products=int8` a GGUF-codes
+drafter (`drafter_quantize=gguf`). A drafter only proposes, so its dtype and products
+change speed and acceptance, never the lossless modes' output; the target's change the
+output (its agreement is measured against the bench's own target).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
                   "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "verify_widths", "prefill_dtype")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype", "products")
+MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype", "products",
+                 "drafter_products")
 
 
 @dataclasses.dataclass
@@ -177,6 +179,13 @@ def _our_options(base: str, drafter, o: dict) -> dict:
     return opts
 
 
+def _multiplied(model, products: str | None):
+    """`model` whose kernel multiplies as `products` asks (the same arrays; None: as it is)."""
+    if not products or not hasattr(model, "params"):
+        return model
+    return dataclasses.replace(model, params=with_products(model.params, products))
+
+
 def make_systems(names, target, target_path: str, dtype: str, drafter=None, drafter_path=None, options=None,
                  quantize=None):
     """Instantiate the named systems; models are loaded once and shared.
@@ -212,11 +221,10 @@ def make_systems(names, target, target_path: str, dtype: str, drafter=None, draf
         o = {**(options or {}), **overrides}
         if base in OURS:
             t = variant(target, target_path, o.get("layout"), o.get("quantize"), o.get("dtype"))
-            if o.get("products"):  # the same arrays, multiplied otherwise
-                t = dataclasses.replace(t, params=with_products(t.params, o["products"]))
             inherited = None if o.get("quantize") == "gguf" else o.get("quantize")  # gguf: the target's own file
             d = variant(drafter, drafter_path, o.get("drafter_layout"), o.get("drafter_quantize", inherited),
                         o.get("drafter_dtype", o.get("dtype")))
+            t, d = (_multiplied(m, o.get(key)) for m, key in ((t, "products"), (d, "drafter_products")))
             systems.append(ViasdSystem(name, t, _our_options(base, d, o)))
             continue
         hf_target = hf_target or load_hf(target_path, dtype)
