@@ -235,6 +235,45 @@ def test_int8_products_keep_sd_equal_to_ar(twins):
         viasd_jax.load(path, products="int8")
 
 
+def test_forward_scores_a_token_alike_one_at_a_time_and_in_windows(twins):
+    """The whole forward (not only the kernel) gives a token the same logits and cached
+    K/V bits alone as in windows of 3 or 6, for float32 weights, the codes and int8
+    products: what lossless sd rests on (`benchmarks/window_bits.py` checks a real model)."""
+    import dataclasses
+    from functools import partial
+
+    import jax
+    import jax.numpy as jnp
+
+    from viasd_jax import model as M
+    from viasd_jax.cache import init_cache
+    from viasd_jax.layout import with_products
+
+    dense, blocks, _ = twins
+    cfg = dense.config
+    tokens = np.array([[5, 9, 11, 3, 7, 21, 8, 4, 2, 6, 12, 13]], np.int32)
+
+    @partial(jax.jit, donate_argnums=(3,))
+    def step(params, t, pos, cache):
+        h, cache = M.forward(params, cfg, t, pos, cache, jnp.ones((cfg.num_layers, 2), bool))
+        return M.logits(params, cfg, h), cache
+
+    def run(params, sizes):
+        cache, out, at = init_cache(cfg, 1, 32, jnp.float32), [], 0
+        for n in sizes:
+            logits, cache = step(params, jnp.asarray(tokens[:, at:at + n]), jnp.arange(at, at + n)[None], cache)
+            out.append(np.asarray(logits))
+            at += n
+        return np.concatenate(out, axis=1).view(np.uint32), np.asarray(cache.k).view(np.uint32)
+
+    q8 = dataclasses.replace(blocks, params=with_products(blocks.params, "int8"))
+    for model in (dense, blocks, q8):
+        one = run(model.params, [6] + [1] * 6)
+        for sizes in ([6, 6], [6, 3, 3]):
+            for a, b in zip(one, run(model.params, sizes)):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_bench_products_overrides(twins):
     """@products / @drafter_products reach the target / drafter of our systems alone
     (the same arrays); sd still equals ar under them."""
