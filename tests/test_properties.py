@@ -110,3 +110,24 @@ def test_sampled_acceptance_and_residual_follow_the_formulas(v, seed):
         res /= res.sum()
         freq = np.bincount(nxt[acc == 0], minlength=v) / (acc == 0).sum()
         assert np.abs(freq - res).max() < 0.05
+
+
+def test_rms_norm_gives_a_row_the_same_bits_in_any_batch():
+    """A row's norm is the same alone as among 6 rows, jitted, at the real models' hidden
+    sizes: XLA's own reduce vectorizes by the row count and did not (896, 1536), which let
+    a verification window score a token a last bit apart from plain decoding."""
+    import types
+
+    from viasd_jax import model as M
+
+    cfg = types.SimpleNamespace(rms_norm_eps=1e-6, norm_offset=0.0)
+    norm = jax.jit(lambda x, w: M.rms_norm(x, w, cfg))
+    rng = np.random.default_rng(0)
+    for d in (256, 896, 1536, 1000):
+        x = (rng.standard_normal((1, 6, d)) * 3).astype(np.float32)
+        w = rng.standard_normal(d).astype(np.float32)
+        together = np.asarray(norm(x, w))
+        alone = np.concatenate([np.asarray(norm(x[:, i:i + 1], w)) for i in range(6)], axis=1)
+        np.testing.assert_array_equal(together.view(np.uint32), alone.view(np.uint32))
+        want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * w
+        np.testing.assert_allclose(together, want, rtol=1e-5, atol=1e-5)

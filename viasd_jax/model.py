@@ -51,9 +51,23 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def row_sum(v: jax.Array) -> jax.Array:
+    """Sum over the last axis (kept, size 1) in one fixed pairwise order, zero-padded to a
+    power of two, so a row's sum has the same bits however many rows the call holds.
+    XLA's reduce vectorizes by the row count: at hidden 896 or 1536 a decoding step and a
+    verification window got sums a last bit apart, and greedy sd must score a token
+    exactly as plain decoding does (`benchmarks/window_bits.py`)."""
+    n = v.shape[-1]
+    v = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, (1 << (n - 1).bit_length()) - n)])
+    while v.shape[-1] > 1:
+        half = v.shape[-1] // 2
+        v = v[..., :half] + v[..., half:]
+    return v
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, cfg: ModelConfig) -> jax.Array:
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    y = x32 * jax.lax.rsqrt(row_sum(x32 * x32) / x.shape[-1] + cfg.rms_norm_eps)
     if cfg.norm_offset:
         return (y * (cfg.norm_offset + weight.astype(jnp.float32))).astype(x.dtype)
     return y.astype(x.dtype) * weight
