@@ -39,6 +39,15 @@ void parallel_chunks(xla::ffi::ThreadPool& pool, int64_t N, Chunk chunk) {
   while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
 }
 
+// The lanes of a float vector (a GCC vector type) added one after another, left to
+// right: a fixed order, so every output's sum is the same whichever code path made it.
+template <typename V>
+inline float lane_sum(V v) {
+  float s = 0.f;
+  for (int i = 0; i < int(sizeof(V) / sizeof(float)); ++i) s += v[i];
+  return s;
+}
+
 // GGUF k-quant matrices kept as their integer codes, with one float32 scale and min per
 // sub-block of S weights of a row: w[n, k] = scale[n, k / S] * code[n, k] - min[n, k / S],
 // with one rounding (a fused multiply-subtract). That is bit for bit the float32 weight

@@ -79,12 +79,6 @@ inline Floats spread4(const float* p) {
 #endif
 }
 
-inline float lane_sum(Floats v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
-
 // Weights per step: 64 code bytes, so 128 nibbles (4 Q4_K sub-blocks) or 64 bytes (4 Q6_K ones).
 template <bool Nibbles>
 constexpr int64_t kStepWeights = Nibbles ? 128 : 64;

@@ -41,6 +41,7 @@
 namespace ffi = xla::ffi;
 using viasd::Blocks;
 using viasd::kChunkRows;
+using viasd::lane_sum;
 using viasd::parallel_chunks;
 
 namespace {
@@ -113,12 +114,6 @@ inline Vec madd(Vec acc, Vec a, Vec b) {
   for (int i = 0; i < kLanes; ++i) acc[i] = std::fma(a[i], b[i], acc[i]);
   return acc;
 #endif
-}
-
-inline float lane_sum(Vec v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
 }
 
 // bfloat16 weights are read 2 * kLanes at a time as kLanes 32-bit words: word i holds
