@@ -140,6 +140,30 @@ def test_kernel_compiles_for_each_vector_width(march):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
+def test_int8_products_give_the_same_bits_for_every_vector_width(tmp_path):
+    """The int8 kernel's scalar, AVX2 and this CPU's builds (run outside XLA through
+    `benchmarks/int8_kernel_ab.py`'s harness) give the same bits: Q4_K with a half tile
+    at the end of K, Q6_K, decoding's, verification's and prefill's row counts."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "int8_kernel_ab.py")
+    spec = importlib.util.spec_from_file_location("int8_kernel_ab", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    libs = [ab.build(ab.KERNEL, march, str(tmp_path)) for march in ("native", "x86-64", "x86-64-v3")]
+    rng = np.random.default_rng(3)
+    for nibbles in (True, False):
+        arrays = ab.random_codes(rng, nibbles, 53, 2304)  # Q4_K: 4.5 tiles of 512
+        for m in (1, 5, 12, 20):
+            x = rng.standard_normal((m, 2304)).astype(np.float32)
+            native, *others = (ab.run(lib, nibbles, arrays, x, 53, 1)[1] for lib in libs)
+            assert np.abs(native).max() > 0
+            for y in others:
+                np.testing.assert_array_equal(y.view(np.uint32), native.view(np.uint32))
+
+
 def _gguf_twin(hf_dir, path, rng, mixed_layers=(0, 3)):
     """A tiny qwen2 model whose matrices are random k-quant blocks, and the GGUF file of
     those blocks (Q6_K for `attn_v` / `ffn_down` in `mixed_layers` and the head, as

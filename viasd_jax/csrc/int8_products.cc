@@ -10,9 +10,10 @@
 // The codes are transposed in registers, tile by tile, so that each int32 lane sums one
 // whole sub-block and turns into a float once per sub-block (`transpose`). The float32
 // path makes each weight and multiplies it in a float32 FMA; here 64 weights cost about
-// one instruction, so decoding streams the codes instead of computing on them. Lossy against float32 products (the
-// activations' rounding, about 1/254 of a block's largest value), but each output depends
-// on its own row of x only, whatever the number of rows: verification still equals decoding.
+// one instruction, so decoding streams the codes instead of computing on them. Lossy
+// against float32 products (the activations' rounding, about 1/254 of a block's largest
+// value), but each output depends on its own row of x only, whatever the number of rows:
+// verification still equals decoding.
 
 #include <array>
 #include <cmath>
@@ -75,7 +76,7 @@ inline Floats fmadd(Floats a, Floats b, Floats acc) {
 // sub-block kLaneSub[L] = 4 (L % 4) + L / 4. Its integer sum then becomes a float once
 // per sub-block, not once per 4 code bytes. A Q4_K row whose K is an odd number of 256s
 // ends in a half tile, its missing sub-blocks zero.
-constexpr int kTileSubs = 16;      // sub-blocks per tile, one per lane
+constexpr int kTileSubs = 16;        // sub-blocks per tile, one per lane
 constexpr int64_t kTileBytes = 256;  // code bytes per tile
 template <bool Nibbles>
 constexpr int64_t kTileWeights = Nibbles ? 512 : 256;
