@@ -10,7 +10,7 @@ cached K and V agree to the bit and, where they do not, the first layer that dif
 and the largest difference.
 
     python benchmarks/window_bits.py [--model qwen2.5-coder-1.5b] [--quantize gguf]
-        [--products int8] [--new 12] [--window 6]
+        [--products int8] [--new 12] [--window 6] [--task chat | --id topical_chat/26]
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ def main():
     ap.add_argument("--new", type=int, default=12)
     ap.add_argument("--window", type=int, default=6)
     ap.add_argument("--task", default="chat", help="the first dev prompt of this task")
+    ap.add_argument("--id", default=None, help="the dev prompt with this id instead (e.g. topical_chat/26)")
     args = ap.parse_args()
 
     model = viasd_jax.load(args.model, quantize=args.quantize, products=args.products)
-    row = next(r for r in map(json.loads, open(DEV)) if r["task"] == args.task)
+    row = next(r for r in map(json.loads, open(DEV)) if (r["id"] == args.id if args.id else r["task"] == args.task))
     prompt = viasd_jax.prompts.encode(model, [row["prompt"]])[0]
     new = viasd_jax.generate(model, [prompt], max_new_tokens=args.new, chat_template=False).tokens[0]
     cfg = model.config

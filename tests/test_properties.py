@@ -112,6 +112,37 @@ def test_sampled_acceptance_and_residual_follow_the_formulas(v, seed):
         assert np.abs(freq - res).max() < 0.05
 
 
+def test_attention_gives_a_query_row_the_same_bits_in_any_window():
+    """A query's attention output is the same alone as in a window of T rows, jitted, at
+    the 1.5B's sizes (2 KV heads of 6 queries, head 128, 512 cache slots): XLA's CPU dot
+    sums in an order that depends on the row count (on an Intel Xeon T = 5 and 9 gave
+    other last bits than T = 1), which let a verification window part from plain decoding.
+    Prefill's batched attention (`rows_alone=False`) stays close to it."""
+    import types
+
+    import jax.numpy as jnp
+
+    from viasd_jax import model as M
+
+    cfg = types.SimpleNamespace(num_kv_heads=2, heads_per_kv=6, num_heads=12, query_scale=128 ** -0.5,
+                                attn_softcap=0.0)
+    rng = np.random.default_rng(0)
+    slots = 512
+    k, v = (rng.standard_normal((1, 2, slots, 128)).astype(np.float32) for _ in range(2))
+    for rows_alone in (True, False):
+        attend = jax.jit(lambda q, pos: M._attention(cfg, q, k, v, M.attention_mask(pos, slots, jnp.int32(0)),
+                                                     rows_alone))
+        for t in (2, 5, 9, 14):
+            q = rng.standard_normal((1, t, 12, 128)).astype(np.float32)
+            pos = np.arange(300, 300 + t)[None]
+            window = np.asarray(attend(q, pos))
+            alone = np.concatenate([np.asarray(attend(q[:, i:i + 1], pos[:, i:i + 1])) for i in range(t)], axis=1)
+            if rows_alone:
+                np.testing.assert_array_equal(window.view(np.uint32), alone.view(np.uint32))
+            else:
+                np.testing.assert_allclose(window, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_rms_norm_gives_a_row_the_same_bits_in_any_batch():
     """A row's norm is the same alone as among 6 rows, jitted, at the real models' hidden
     sizes: XLA's own reduce vectorizes by the row count and did not (896, 1536), which let

@@ -188,9 +188,9 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
         start = jnp.full_like(count, i * width)
         window = gather_window(state.tokens, start, width)
         pos = window_positions(start, jnp.clip(count - start, 0, width), width)
-        _, cache = M.forward(params.target, config.target, window, pos, cache)
+        _, cache = M.forward(params.target, config.target, window, pos, cache, rows_alone=False)
         if draft_cache is not None:
-            _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route)
+            _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route, rows_alone=False)
         return cache, draft_cache
 
     chunks = (jnp.max(count) + width - 1) // width

@@ -88,15 +88,31 @@ def attention_mask(positions: jax.Array, max_len: int, window: jax.Array) -> jax
     return visible & ((window <= 0) | (slots > pos - window))
 
 
-def _attention(cfg: ModelConfig, q, k_all, v_all, mask):
-    """q `[B, T, N, K]`, k/v `[B, G, S, K]`, mask `[B, T, S]` -> `[B, T, N, K]`."""
+def _attention(cfg: ModelConfig, q, k_all, v_all, mask, rows_alone: bool = True):
+    """q `[B, T, N, K]`, k/v `[B, G, S, K]`, mask `[B, T, S]` -> `[B, T, N, K]`.
+
+    `rows_alone` (static): each query row is attended on its own, so its result has the
+    same bits whatever T is. XLA's CPU dot sums in an order that depends on the number of
+    rows (on an Intel Xeon, T = 5 and 9 gave other last bits than T = 1 at the real
+    sizes), so a verification window scored a token a last bit apart from plain decoding
+    and greedy sd could part from ar at a near-tie (`benchmarks/window_bits.py`). Prefill
+    need not match decoding and keeps the batched dots (faster over many rows)."""
     b, t, _, kd = q.shape
     q = q.reshape(b, t, cfg.num_kv_heads, cfg.heads_per_kv, kd)
-    scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_all, preferred_element_type=jnp.float32)
-    scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
-    out = jnp.einsum("bgrts,bgsk->btgrk", probs, v_all)
+
+    def attend(q, mask):  # q [B, T', G, R, K], mask [B, T', S] -> [B, T', G, R, K]
+        scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_all, preferred_element_type=jnp.float32)
+        scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
+        return jnp.einsum("bgrts,bgsk->btgrk", probs, v_all)
+
+    if rows_alone and t > 1:
+        per_row = jax.lax.map(lambda qm: attend(qm[0][:, None], qm[1][:, None])[:, 0],
+                              (jnp.moveaxis(q, 1, 0), jnp.moveaxis(mask, 1, 0)))  # [T, B, G, R, K]
+        out = jnp.moveaxis(per_row, 0, 1)
+    else:
+        out = attend(q, mask)
     return out.reshape(b, t, cfg.num_heads, kd).astype(q.dtype)
 
 
@@ -107,7 +123,7 @@ def _mlp(cfg: ModelConfig, h, w_gate, w_up, w_down):
     return dense(act * up, w_down, "btf,fd->btd")
 
 
-def _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq):
+def _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq, rows_alone=True):
     """Attention sublayer of layer `idx`: (residual delta, caches with its K/V written)."""
     h = rms_norm(x, lp.attn_norm, cfg)
     q = dense(h, lp.wq, "btd,dnk->btnk")
@@ -120,7 +136,7 @@ def _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq):
     cache_k = write_layer(cache_k, idx, k, positions)
     cache_v = write_layer(cache_v, idx, v, positions)
     mask = attention_mask(positions, cache_k.shape[3], window)
-    attn = _attention(cfg, q, cache_k[idx], cache_v[idx], mask)
+    attn = _attention(cfg, q, cache_k[idx], cache_v[idx], mask, rows_alone)
     o = dense(attn, lp.wo, "btnk,nkd->btd")
     if cfg.out_bias:
         o = o + lp.bo
@@ -144,7 +160,7 @@ def live_rows(positions: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(real, jnp.arange(1, real.shape[0] + 1), 0))
 
 
-def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq, live):
+def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, inv_freq, live, rows_alone=True):
     """Layer `idx` under its route row `[2]` (attention, MLP); `live` as `live_rows` gives it.
 
     A bool row skips sublayers under `lax.cond`: weights are sliced inside the taken
@@ -156,7 +172,7 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
         return jax.tree.map(lambda w: select_layer(w, idx, live), layers, is_leaf=lambda w: isinstance(w, OutputMajor))
 
     def attn(c):
-        o, ck, cv = _attn_block(cfg, layer_params(), idx, window, *c, positions, inv_freq)
+        o, ck, cv = _attn_block(cfg, layer_params(), idx, window, *c, positions, inv_freq, rows_alone)
         return c[0] + o, ck, cv
 
     def mlp(h):
@@ -166,7 +182,7 @@ def _layer(cfg, layers, idx, window, route_row, x, cache_k, cache_v, positions, 
         x, cache_k, cache_v = jax.lax.cond(route_row[0], attn, lambda c: c, (x, cache_k, cache_v))
         return jax.lax.cond(route_row[1], mlp, lambda h: h, x), cache_k, cache_v
     lp = layer_params()
-    o, cache_k, cache_v = _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq)
+    o, cache_k, cache_v = _attn_block(cfg, lp, idx, window, x, cache_k, cache_v, positions, inv_freq, rows_alone)
     x = x + route_row[0].astype(x.dtype) * o
     return x + route_row[1].astype(x.dtype) * _mlp_block(cfg, lp, x), cache_k, cache_v
 
@@ -201,20 +217,23 @@ def forward(
     positions: jax.Array,  # [B, T] int32; negative marks padding
     cache: KVCache,
     route: jax.Array | None = None,  # [L] or [L, 2] (attention, MLP): bool mask or float gates
+    rows_alone: bool = True,
 ) -> tuple[jax.Array, KVCache]:
     """Run the (routed) layer stack; returns final-normed hidden states `[B, T, D]`.
 
     `route` None runs every layer; `[L]` keeps or skips whole layers; `[L, 2]` each
     layer's attention and MLP separately. K/V of the new tokens are written into
     `cache` at `positions` for every kept attention sublayer; `cache.lengths` is
-    left to the caller. Call `logits` on the result.
+    left to the caller. Call `logits` on the result. `rows_alone` (static): each token's
+    result has the same bits whatever T is (decoding and verification need it; prefill
+    and whole-sequence scoring may pass False for faster attention over many rows).
     """
-    x, cache, _ = run_layers(params, cfg, embed(params, cfg, tokens), positions, cache, route)
+    x, cache, _ = run_layers(params, cfg, embed(params, cfg, tokens), positions, cache, route, rows_alone=rows_alone)
     return rms_norm(x, params.final_norm, cfg), cache
 
 
 def run_layers(params: Params, cfg: ModelConfig, x: jax.Array, positions: jax.Array, cache: KVCache,
-               route: jax.Array | None = None, collect: bool = False):
+               route: jax.Array | None = None, collect: bool = False, rows_alone: bool = True):
     """The layer stack from residual `x` `[B, T, D]` under `route` (as in `forward`).
 
     Returns (residual after the last layer, `cache` with the new K/V, and with `collect`
@@ -230,7 +249,7 @@ def run_layers(params: Params, cfg: ModelConfig, x: jax.Array, positions: jax.Ar
 
     def body(carry, xs):
         idx, route_row, window = xs
-        out = _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq, live)
+        out = _layer(cfg, params.layers, idx, window, route_row, *carry, positions, inv_freq, live, rows_alone)
         return out, carry[0] if collect else None
 
     xs = (jnp.arange(cfg.num_layers), route, windows)

@@ -124,7 +124,8 @@ def _positions(tokens):
 @partial(jax.jit, static_argnames=("cfg",))
 def teacher_logp(params: Params, tokens, positions, *, cfg: ModelConfig):
     """Full model log-probabilities at the scored positions `[B, P, V]`."""
-    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, kv_dtype(params.embed.dtype)))
+    hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, kv_dtype(params.embed.dtype)),
+                          rows_alone=False)
     h = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)
     return jax.nn.log_softmax(M.logits(params, cfg, h), axis=-1)
 
@@ -143,7 +144,7 @@ def _divergence(params, cfg, hidden, positions, valid, teacher):
 def route_divergence(params: Params, tokens, positions, valid, teacher, route, *, cfg: ModelConfig):
     """KL and top-1 agreement of the slim model under `route` ([L, 2] bool or float)."""
     hidden, _ = M.forward(params, cfg, tokens, _positions(tokens), init_cache(cfg, *tokens.shape, kv_dtype(params.embed.dtype)),
-                          route)
+                          route, rows_alone=False)
     return _divergence(params, cfg, hidden, positions, valid, teacher)
 
 
@@ -152,7 +153,8 @@ def _scan_layers(params: Params, cfg: ModelConfig, x, route, collect: bool):
     Returns (final residual, residual entering every layer `[L, B, T, D]` or None)."""
     b, t = x.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    x, _, streams = M.run_layers(params, cfg, x, pos, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route, collect)
+    x, _, streams = M.run_layers(params, cfg, x, pos, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route, collect,
+                                 rows_alone=False)
     return x, streams
 
 

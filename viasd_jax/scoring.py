@@ -21,7 +21,7 @@ from viasd_jax.route import route_mask
 def _score(params: Params, tokens: jax.Array, route: jax.Array, *, cfg: ModelConfig) -> jax.Array:
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route)
+    hidden, _ = M.forward(params, cfg, tokens, positions, init_cache(cfg, b, t, kv_dtype(params.embed.dtype)), route, rows_alone=False)
     return M.logits(params, cfg, hidden)
 
 
