@@ -213,6 +213,25 @@ def test_bfloat16_products_round_both_operands(dtype):
         cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w), 0, None, scale, products="float16")
 
 
+def test_amx_products_can_be_turned_off():
+    """VIASD_AMX=0 keeps bfloat16 products on the dot-product path (to compare the two on
+    a CPU with AMX tiles); the products agree with the float64 reference either way."""
+    import os
+    import sys
+
+    code = ("import numpy as np, jax.numpy as jnp; from viasd_jax import cpu_matvec as c; "
+            "r = np.random.default_rng(5); x = r.standard_normal((37, 300)).astype(np.float32); "
+            "w = r.standard_normal((53, 300)).astype(np.float32); "
+            "y = np.asarray(c.matvec(jnp.asarray(x), jnp.asarray(w), products='bfloat16')); "
+            "import ml_dtypes; b = lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float64); "
+            "e = np.abs(y - b(x) @ b(w).T).max(); print(c.amx_bf16(), e < 1e-4)")
+    off = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VIASD_AMX": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert off.stdout.split() == ["False", "True"]
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert on.stdout.split()[1] == "True"
+
+
 def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):
     """The kernel layout looks up a bfloat16 model's embeddings by row (the same values
     as `jnp.take`), so the compiled program holds no float32 copy of the table: XLA's

@@ -90,4 +90,15 @@ def measure(target, drafter=None, gamma: int = 4, slim_route=None, repeats: int 
     bandwidth = read_bandwidth()
     weights = streamed_bytes(target)
     out.update(bandwidth_gbs=bandwidth / 1e9, weight_gb=weights / 1e9, floor_tok_s=bandwidth / weights)
+    out["amx_bf16"] = _amx_bf16()
     return out
+
+
+def _amx_bf16() -> bool:
+    """Whether bfloat16 prefill products run on AMX tiles on this machine (it changes their speed)."""
+    from viasd_jax import cpu_matvec
+
+    try:
+        return cpu_matvec.amx_bf16()
+    except cpu_matvec.KernelUnavailable:
+        return False

@@ -388,6 +388,13 @@ template <typename T, typename X>
 void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
          const float* scale = nullptr) {
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>)
+    if (viasd::amx_bf16_available()) {  // products in bfloat16 on AMX tiles, whatever M
+      const viasd::AmxX xt = viasd::amx_packed_x(x, M, K);
+      return parallel_chunks(pool, N, [w, &xt, y, K, N](int64_t n0, int64_t n1) {
+        viasd::amx_bf16_rows(xt, w + n0 * K, n1 - n0, y + n0, N);
+      });
+    }
   parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
     chunk_rows(w, x, y, M, K, N, n0, n1);
     if (scale)
@@ -649,6 +656,12 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
 // above, are rounded to bfloat16 and take the dot-product path, whatever M.
 template <bool Nibbles>
 void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float* y, int64_t M, int64_t N) {
+  if (viasd::amx_bf16_available()) {  // on AMX tiles, whatever M (as `run`)
+    const viasd::AmxX xt = viasd::amx_packed_x(x, M, b.K);
+    return parallel_chunks(pool, N, [&b, &xt, y, N](int64_t n0, int64_t n1) {
+      viasd::amx_bf16_rows(xt, dequantized<Nibbles>(b, n0, n1), n1 - n0, y + n0, N);
+    });
+  }
   parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
     const uint16_t* w = rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K);
     rows(w, x, y + n0, M, b.K, N, 0, n1 - n0);
