@@ -16,7 +16,8 @@
 // GGUF k-quant matrices multiply from their 4- or 6-bit codes (`matvec_blocks`), exactly
 // as their dequantized float32 weights would.
 // bfloat16 activations against float32 weights or codes (the `products="bfloat16"` option
-// of prefill) round each chunk of weight rows to bfloat16 and take the dot-product path.
+// of prefill) round each chunk of weight rows to bfloat16 and take the dot-product path,
+// or AMX tiles where the CPU has them (`amx_bf16.cc`).
 // The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
