@@ -158,7 +158,7 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
             raise ValueError(f"int8 weights {w.shape} need one scale per output row, shaped {w.shape[:-1]}")
         call = jax.ffi.ffi_call(TARGET_INT8, out, vmap_method="sequential")
         x = x if x.dtype == jnp.bfloat16 else x.astype(jnp.float32)
-        return call(x, w, scale.astype(jnp.float32), layer, live)
+        return call(x, w, scale.astype(jnp.float32), layer, live, bf16_products=np.int32(products == "bfloat16"))
     bf16_x = x.dtype == jnp.bfloat16 and (w.dtype == jnp.bfloat16 or products == "bfloat16")
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     return call(x if bf16_x else x.astype(jnp.float32), w, layer, live)

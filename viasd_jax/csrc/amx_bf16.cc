@@ -49,9 +49,17 @@ bool request_tiles() {
 
 constexpr int64_t kTileWords = kTileRows * kTileK / 2;  // dwords in a tile (1 KB)
 
-// R <= kChunkRows rows of float32 W [R, K], rounded to bfloat16 (to nearest, ties to
-// even) in rows of Kp, zeros past K and past R: the A tiles, loaded as they lie.
-const uint16_t* rounded_rows(const float* w, int64_t R, int64_t K, int64_t Kp) {
+// 16 weights as float32 (masked: zeros past `live`); int8 converts exactly.
+inline __m512 load16(const float* p, __mmask16 live) { return _mm512_maskz_loadu_ps(live, p); }
+inline __m512 load16(const int8_t* p, __mmask16 live) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, p)));
+}
+
+// R <= kChunkRows rows of W [R, K] (float32, or int8: exact), rounded to bfloat16 (to
+// nearest, ties to even) in rows of Kp, zeros past K and past R: the A tiles, loaded as
+// they lie.
+template <typename T>
+const uint16_t* rounded_rows(const T* w, int64_t R, int64_t K, int64_t Kp) {
   thread_local std::vector<uint16_t> buf;  // one chunk at a time per thread
   buf.assign(kChunkRows * Kp, 0);
   for (int64_t n = 0; n < R; ++n)
@@ -59,8 +67,8 @@ const uint16_t* rounded_rows(const float* w, int64_t R, int64_t K, int64_t Kp) {
       const int64_t left = K - k;
       const __mmask16 lo = left >= 16 ? 0xFFFF : (1u << left) - 1;
       const __mmask16 hi = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (1u << (left - 16)) - 1;
-      const float* p = w + n * K + k;
-      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, p + 16), _mm512_maskz_loadu_ps(lo, p));
+      const T* p = w + n * K + k;
+      const __m512bh v = _mm512_cvtne2ps_pbh(load16(p + 16, hi), load16(p, lo));
       std::memcpy(buf.data() + n * Kp + k, &v, sizeof v);
     }
   return buf.data();
@@ -97,9 +105,10 @@ AmxX amx_packed_x(const uint16_t* x, int64_t M, int64_t K) {
 }
 
 // y[m, n] (row stride N) = sum_k x[m, k] w[n, k] for m < x.M and n < R <= kChunkRows, w
-// the chunk's float32 rows [R, K], rounded to bfloat16 here. W's rows are the A tiles and
-// x^T the B tiles, so the sums come out as [n, m] tiles.
-void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N) {
+// the chunk's rows [R, K] (float32 or int8), rounded to bfloat16 here. W's rows are the A
+// tiles and x^T the B tiles, so the sums come out as [n, m] tiles.
+template <typename T>
+void amx_rows(const AmxX& x, const T* w, int64_t R, float* y, int64_t N) {
   const int64_t Kp = x.Kp, blocks = Kp / kTileK, m_tiles = (x.M + kTileRows - 1) / kTileRows;
   const uint16_t* a = rounded_rows(w, R, x.K, Kp);
   TileConfig config;
@@ -138,11 +147,15 @@ void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N
   _tile_release();
 }
 
+void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N) { amx_rows(x, w, R, y, N); }
+void amx_bf16_rows(const AmxX& x, const int8_t* w, int64_t R, float* y, int64_t N) { amx_rows(x, w, R, y, N); }
+
 #else  // no AMX: never available, never called
 
 bool amx_bf16_available() { return false; }
 AmxX amx_packed_x(const uint16_t*, int64_t, int64_t) { return {}; }
 void amx_bf16_rows(const AmxX&, const float*, int64_t, float*, int64_t) {}
+void amx_bf16_rows(const AmxX&, const int8_t*, int64_t, float*, int64_t) {}
 
 #endif
 

@@ -69,8 +69,8 @@ void blocks_times_int8(xla::ffi::ThreadPool& pool, const Blocks& b, bool nibbles
 
 // bfloat16 products on AMX tiles (`amx_bf16.cc`), only where `amx_bf16_available()`:
 // x [M, K] bfloat16 packed once per product by `amx_packed_x` (a buffer of the calling
-// thread), then R <= kChunkRows float32 rows of W at a time (rounded to bfloat16 there):
-// y[m, n] with row stride N.
+// thread), then R <= kChunkRows float32 or int8 rows of W at a time (rounded to bfloat16
+// there): y[m, n] with row stride N.
 struct AmxX {
   const uint32_t* data;
   int64_t M, K, Kp;  // Kp: K rounded up to 32
@@ -78,5 +78,6 @@ struct AmxX {
 bool amx_bf16_available();
 AmxX amx_packed_x(const uint16_t* x, int64_t M, int64_t K);
 void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N);
+void amx_bf16_rows(const AmxX& x, const int8_t* w, int64_t R, float* y, int64_t N);
 
 }  // namespace viasd

@@ -384,23 +384,34 @@ void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t 
   }
 }
 
+// y[m, n] *= scale[n] for rows [n0, n1) (int8 weights, once each output is summed).
+inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
+}
+
+// bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
+// `products="bfloat16"` path of prefill where `viasd::amx_bf16_available()`.
+template <typename T>
+void run_amx(ffi::ThreadPool& pool, const T* w, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
+             const float* scale = nullptr) {
+  const viasd::AmxX xt = viasd::amx_packed_x(x, M, K);
+  parallel_chunks(pool, N, [w, &xt, y, M, K, N, scale](int64_t n0, int64_t n1) {
+    viasd::amx_bf16_rows(xt, w + n0 * K, n1 - n0, y + n0, N);
+    if (scale) apply_scale(scale, y, M, N, n0, n1);
+  });
+}
+
 // `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
 template <typename T, typename X>
 void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
          const float* scale = nullptr) {
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
   if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>)
-    if (viasd::amx_bf16_available()) {  // products in bfloat16 on AMX tiles, whatever M
-      const viasd::AmxX xt = viasd::amx_packed_x(x, M, K);
-      return parallel_chunks(pool, N, [w, &xt, y, K, N](int64_t n0, int64_t n1) {
-        viasd::amx_bf16_rows(xt, w + n0 * K, n1 - n0, y + n0, N);
-      });
-    }
+    if (viasd::amx_bf16_available()) return run_amx(pool, w, x, y, M, K, N);  // products in bfloat16
   parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
     chunk_rows(w, x, y, M, K, N, n0, n1);
-    if (scale)
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
+    if (scale) apply_scale(scale, y, M, N, n0, n1);
   });
 }
 
@@ -482,10 +493,12 @@ namespace {
 
 // int8 weights q [N, K] or [L, N, K] with per-output-row scales [N] or [L, N]:
 // y[m, n] = scale[n] * sum_k x[m, k] q[n, k]; x float32 (FMAs on widened weights) or
-// bfloat16 (the dot-product path on weights converted to bfloat16); `layer` and `live`
-// as in `matvec`.
+// bfloat16 (the dot-product path on weights converted to bfloat16; with `bf16_products`,
+// the `products="bfloat16"` option of prefill, AMX tiles where the CPU has them);
+// `layer` and `live` as in `matvec`.
 ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q, ffi::Buffer<ffi::F32> scale,
-                       ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
+                       ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y,
+                       int32_t bf16_products) {
   Shape s;
   if (ffi::Error e = check_shape(x, q, layer, live, y, s); e.failure()) return e;
   const auto xt = x.element_type();
@@ -502,7 +515,10 @@ ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q,
     run(pool, ql, static_cast<const float*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
   else
 #if defined(__AVX512BF16__)
-    run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+    if (bf16_products && viasd::amx_bf16_available())
+      run_amx(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+    else
+      run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
 #else
     run(pool, ql, widened(static_cast<const uint16_t*>(x.untyped_data()), s.M * s.K), out, s.M, s.K, s.N, sl);
 #endif
@@ -519,7 +535,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecInt8, matvec_int8,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("bf16_products"));
 
 namespace {
 
