@@ -392,14 +392,21 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
 
 // bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
 // `products="bfloat16"` path of prefill where `viasd::amx_bf16_available()`.
-template <typename T>
-void run_amx(ffi::ThreadPool& pool, const T* w, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
+// `chunk(n0, n1)` gives W's rows [n0, n1) (float32 or int8, [n1 - n0, K]).
+template <typename Chunk>
+void run_amx(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
              const float* scale = nullptr) {
   const viasd::AmxX xt = viasd::amx_packed_x(x, M, K);
-  parallel_chunks(pool, N, [w, &xt, y, M, K, N, scale](int64_t n0, int64_t n1) {
-    viasd::amx_bf16_rows(xt, w + n0 * K, n1 - n0, y + n0, N);
+  parallel_chunks(pool, N, [&chunk, &xt, y, M, N, scale](int64_t n0, int64_t n1) {
+    viasd::amx_bf16_rows(xt, chunk(n0, n1), n1 - n0, y + n0, N);
     if (scale) apply_scale(scale, y, M, N, n0, n1);
   });
+}
+
+// W's rows [n0, n1) where W lies in memory as `w [N, K]`.
+template <typename T>
+auto rows_of(const T* w, int64_t K) {
+  return [w, K](int64_t n0, int64_t) { return w + n0 * K; };
 }
 
 // `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
@@ -408,7 +415,7 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
          const float* scale = nullptr) {
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
   if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>)
-    if (viasd::amx_bf16_available()) return run_amx(pool, w, x, y, M, K, N);  // products in bfloat16
+    if (viasd::amx_bf16_available()) return run_amx(pool, rows_of(w, K), x, y, M, K, N);  // products in bfloat16
   parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
     chunk_rows(w, x, y, M, K, N, n0, n1);
     if (scale) apply_scale(scale, y, M, N, n0, n1);
@@ -516,7 +523,7 @@ ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q,
   else
 #if defined(__AVX512BF16__)
     if (bf16_products && viasd::amx_bf16_available())
-      run_amx(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+      run_amx(pool, rows_of(ql, s.K), static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
     else
       run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
 #else
@@ -674,12 +681,8 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
 // above, are rounded to bfloat16 and take the dot-product path, whatever M.
 template <bool Nibbles>
 void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float* y, int64_t M, int64_t N) {
-  if (viasd::amx_bf16_available()) {  // on AMX tiles, whatever M (as `run`)
-    const viasd::AmxX xt = viasd::amx_packed_x(x, M, b.K);
-    return parallel_chunks(pool, N, [&b, &xt, y, N](int64_t n0, int64_t n1) {
-      viasd::amx_bf16_rows(xt, dequantized<Nibbles>(b, n0, n1), n1 - n0, y + n0, N);
-    });
-  }
+  if (viasd::amx_bf16_available())  // on AMX tiles, whatever M (as `run`)
+    return run_amx(pool, [&b](int64_t n0, int64_t n1) { return dequantized<Nibbles>(b, n0, n1); }, x, y, M, b.K, N);
   parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
     const uint16_t* w = rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K);
     rows(w, x, y + n0, M, b.K, N, 0, n1 - n0);
