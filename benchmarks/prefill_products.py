@@ -26,7 +26,7 @@ def measure(args) -> None:
 
     m = viasd_jax.load(args.model, dtype=args.dtype, quantize=args.quantize)
     m = dataclasses.replace(m, params=LY.with_products(m.params, "bfloat16"))
-    times = [f"{t}:{costs.forward_seconds(m, t, repeats=args.repeats, cache_len=512) * 1e3:.0f}"
+    times = [f"{t}:{costs.forward_seconds(m, t, repeats=args.repeats, cache_len=512, rows_alone=False) * 1e3:.0f}"
              for t in map(int, args.tokens.split(","))]
     print(f"amx={cpu_matvec.amx_bf16()} " + " ".join(times), flush=True)
 

@@ -5,7 +5,7 @@ bench's cost header does) of `--model` in `--dtype`, traces `--repeats` more, an
 prints the ops with the most total time on the host threads (XLA's CPU ops and the
 kernel's FFI calls). Usage:
 
-    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--quantize gguf] [--tokens 1] \
+    python benchmarks/profile_forward.py --model qwen2.5-coder-1.5b --dtype bfloat16 [--quantize gguf] [--tokens 1] [--products bfloat16] [--prefill] \
         [--cache-len 256]
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import os
 import re
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import viasd_jax
+from viasd_jax import layout as LY
 from viasd_jax.bench.costs import _step
 from viasd_jax.cache import init_cache, kv_dtype
 
@@ -32,23 +34,27 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--cache-dtype", default=None, help="the KV cache's dtype (default: cache.kv_dtype's choice)")
     ap.add_argument("--quantize", default=None, help="int8, or gguf (the target's own GGUF codes)")
+    ap.add_argument("--products", default=None, help="bfloat16: the kernel's products as prefill multiplies them")
     ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--prefill", action="store_true", help="prefill's batched attention (else each row alone)")
     ap.add_argument("--cache-len", type=int, default=256, help="cache slots (attention reads them all)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
 
     model = viasd_jax.load(args.model, dtype=args.dtype, quantize=args.quantize)
+    if args.products:
+        model = dataclasses.replace(model, params=LY.with_products(model.params, args.products))
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool)
     toks = jnp.ones((1, args.tokens), jnp.int32)
     cache = init_cache(cfg, 1, args.cache_len, args.cache_dtype or kv_dtype(model.dtype))
-    out, cache = _step(model.params, toks, cache, route, cfg=cfg)
+    out, cache = _step(model.params, toks, cache, route, cfg=cfg, rows_alone=not args.prefill)
     jax.block_until_ready(out)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):
             for _ in range(args.repeats):
-                out, cache = _step(model.params, toks, cache, route, cfg=cfg)
+                out, cache = _step(model.params, toks, cache, route, cfg=cfg, rows_alone=not args.prefill)
                 jax.block_until_ready(out)
         trace = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)[0]
         data = jax.profiler.ProfileData.from_file(trace)

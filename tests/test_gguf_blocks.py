@@ -77,7 +77,7 @@ def test_kernel_is_bitwise_the_float32_kernel(kinds):
     np.testing.assert_array_equal(first.view(np.uint32), got[:, :30].view(np.uint32))
     with pytest.raises(ValueError, match="does not match codes"):
         cpu_matvec.matvec_blocks(x[:, :256], b, 0)
-    for m in (1, 5, 12, 20):  # prefill_dtype="bfloat16": bitwise the float32 weights' bfloat16 products
+    for m in (1, 5, 20, 40):  # prefill_dtype="bfloat16": bitwise the float32 weights' bfloat16 products
         x = jnp.asarray(rng.standard_normal((m, 512)).astype(np.float32))
         got = np.asarray(cpu_matvec.matvec_blocks(x, b, 1, products="bfloat16"))
         want = np.asarray(cpu_matvec.matvec(x, w, 1, products="bfloat16"))

@@ -196,8 +196,9 @@ def test_bfloat16_products_round_both_operands(dtype):
     from viasd_jax import cpu_matvec
 
     rng = np.random.default_rng(3)
-    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 101, 1100)).astype(np.float32),
-                                   rng.standard_normal((20, 1100)).astype(np.float32))
+    # 101 rows of x: tiles of 16 in pairs and one alone; 150 of W: chunks of 64 and a part
+    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 150, 1100)).astype(np.float32),
+                                   rng.standard_normal((101, 1100)).astype(np.float32))
     call = jax.jit(lambda x, w: cpu_matvec.matvec(x, w, jnp.int32(1), None, scale, products="bfloat16"))
     got = np.asarray(call(jnp.asarray(x), jnp.asarray(w)))
     rounds_w = w.dtype == np.float32 and "avx512_bf16" in cpu_matvec._cpu_flags()

@@ -21,25 +21,27 @@ from viasd_jax.cache import init_cache, kv_dtype
 from viasd_jax.params import leaves_of
 
 
-@partial(jax.jit, static_argnames=("cfg",), donate_argnums=(2,))
-def _step(params, tokens, cache, route, *, cfg):
+@partial(jax.jit, static_argnames=("cfg", "rows_alone"), donate_argnums=(2,))
+def _step(params, tokens, cache, route, *, cfg, rows_alone=True):
     pos = jnp.broadcast_to(jnp.arange(64, 64 + tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    h, cache = M.forward(params, cfg, tokens, pos, cache, route)
+    h, cache = M.forward(params, cfg, tokens, pos, cache, route, rows_alone=rows_alone)
     return M.logits(params, cfg, h[:, -1]), cache
 
 
-def forward_seconds(model, tokens: int, route=None, repeats: int = 5, cache_len: int = 256) -> float:
-    """Median wall time of one cached forward of `tokens` new tokens (batch 1) plus the head."""
+def forward_seconds(model, tokens: int, route=None, repeats: int = 5, cache_len: int = 256,
+                    rows_alone: bool = True) -> float:
+    """Median wall time of one cached forward of `tokens` new tokens (batch 1) plus the head
+    of the last; `rows_alone` as in `model.forward` (False: prefill's batched attention)."""
     cfg = model.config
     route = jnp.ones((cfg.num_layers, 2), bool) if route is None else jnp.asarray(route)
     toks = jnp.ones((1, tokens), jnp.int32)
     cache = init_cache(cfg, 1, cache_len, kv_dtype(model.dtype))
-    out, cache = _step(model.params, toks, cache, route, cfg=cfg)
+    out, cache = _step(model.params, toks, cache, route, cfg=cfg, rows_alone=rows_alone)
     jax.block_until_ready(out)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out, cache = _step(model.params, toks, cache, route, cfg=cfg)
+        out, cache = _step(model.params, toks, cache, route, cfg=cfg, rows_alone=rows_alone)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))

@@ -31,7 +31,6 @@ namespace {
 
 constexpr int64_t kTileRows = 16;  // rows of x per tile, and W rows (outputs) per tile
 constexpr int64_t kTileK = 32;     // bfloat16 k per tile product: 64 bytes a tile row
-static_assert(kChunkRows == 3 * kTileRows, "a chunk of W rows is the 3 A tiles of amx_bf16_rows");
 
 // LDTILECFG's 64-byte operand (palette 1).
 struct TileConfig {
@@ -48,6 +47,9 @@ bool request_tiles() {
 }
 
 constexpr int64_t kTileWords = kTileRows * kTileK / 2;  // dwords in a tile (1 KB)
+constexpr int64_t kRowTiles = kAmxRows / kTileRows;     // A tiles a chunk's rows fill per block of k
+constexpr int64_t kTileElems = kTileRows * kTileK;     // bfloat16 in an A tile
+static_assert(kRowTiles % 2 == 0, "amx_bf16_rows multiplies W's row tiles in pairs");
 
 // 16 weights as float32 (masked: zeros past `live`); int8 converts exactly.
 inline __m512 load16(const float* p, __mmask16 live) { return _mm512_maskz_loadu_ps(live, p); }
@@ -55,23 +57,18 @@ inline __m512 load16(const int8_t* p, __mmask16 live) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, p)));
 }
 
-// R <= kChunkRows rows of W [R, K] (float32, or int8: exact), rounded to bfloat16 (to
-// nearest, ties to even) in rows of Kp, zeros past K and past R: the A tiles, loaded as
-// they lie.
+// Row n (of K weights) of the chunk, rounded to bfloat16 (to nearest, ties to even) into
+// its A tiles, zeros past K.
 template <typename T>
-const uint16_t* rounded_rows(const T* w, int64_t R, int64_t K, int64_t Kp) {
-  thread_local std::vector<uint16_t> buf;  // one chunk at a time per thread
-  buf.assign(kChunkRows * Kp, 0);
-  for (int64_t n = 0; n < R; ++n)
-    for (int64_t k = 0; k < K; k += kTileK) {
-      const int64_t left = K - k;
-      const __mmask16 lo = left >= 16 ? 0xFFFF : (1u << left) - 1;
-      const __mmask16 hi = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (1u << (left - 16)) - 1;
-      const T* p = w + n * K + k;
-      const __m512bh v = _mm512_cvtne2ps_pbh(load16(p + 16, hi), load16(p, lo));
-      std::memcpy(buf.data() + n * Kp + k, &v, sizeof v);
-    }
-  return buf.data();
+void put_row(const AmxW& a, int64_t n, const T* w) {
+  uint16_t* dst = a.data + n * kTileK;  // tile n / 16, row n % 16 of the first block
+  for (int64_t k = 0; k < a.K; k += kTileK) {
+    const int64_t left = a.K - k;
+    const __mmask16 lo = left >= 16 ? 0xFFFF : (1u << left) - 1;
+    const __mmask16 hi = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (1u << (left - 16)) - 1;
+    const __m512bh v = _mm512_cvtne2ps_pbh(load16(w + k + 16, hi), load16(w + k, lo));
+    std::memcpy(dst + (k / kTileK) * kRowTiles * kTileElems, &v, sizeof v);
+  }
 }
 
 }  // namespace
@@ -104,58 +101,103 @@ AmxX amx_packed_x(const uint16_t* x, int64_t M, int64_t K) {
   return {buf.data(), M, K, Kp};
 }
 
-// y[m, n] (row stride N) = sum_k x[m, k] w[n, k] for m < x.M and n < R <= kChunkRows, w
-// the chunk's rows [R, K] (float32 or int8), rounded to bfloat16 here. W's rows are the A
-// tiles and x^T the B tiles, so the sums come out as [n, m] tiles.
-template <typename T>
-void amx_rows(const AmxX& x, const T* w, int64_t R, float* y, int64_t N) {
-  const int64_t Kp = x.Kp, blocks = Kp / kTileK, m_tiles = (x.M + kTileRows - 1) / kTileRows;
-  const uint16_t* a = rounded_rows(w, R, x.K, Kp);
+// The A tiles of a chunk of R <= kAmxRows rows of K: per block of 32 k, kRowTiles tiles
+// of 16 rows x 32 bfloat16 (1 KB each), one after another. A buffer of the calling
+// thread; rows past R are zeros.
+AmxW amx_chunk(int64_t K, int64_t R) {
+  thread_local std::vector<uint16_t> buf;
+  const int64_t Kp = (K + kTileK - 1) / kTileK * kTileK;
+  if (int64_t(buf.size()) != kAmxRows * Kp || R < kAmxRows) buf.assign(kAmxRows * Kp, 0);
+  return {buf.data(), K, Kp};
+}
+
+void amx_put_row(const AmxW& a, int64_t n, const float* w) { put_row(a, n, w); }
+void amx_put_row(const AmxW& a, int64_t n, const int8_t* w) { put_row(a, n, w); }
+
+// The sums of W's row tiles j and j + 1 against x's tiles mt and (with Pair) mt + 1,
+// over all of K, into y[m, n] (row stride N). Tiles 0-3 hold the sums ([n, m] tiles:
+// W's rows are the A tiles, x^T the B tiles), 4-5 the W tiles, 6-7 the x tiles: each
+// tile loaded serves two products. The next block's tiles are fetched into L1 ahead
+// (tile loads from L2 stall the products otherwise).
+template <bool Pair>
+void tile_pair(const AmxX& x, const AmxW& a, int64_t mt, int64_t j, int64_t R, float* y, int64_t N) {
+  const int64_t blocks = x.Kp / kTileK;
+  const uint32_t* b0 = x.data + mt * blocks * kTileWords;
+  const uint32_t* b1 = b0 + blocks * kTileWords;
+  const uint16_t* w = a.data + j * kTileElems;
+  constexpr int64_t kBlockElems = kRowTiles * kTileElems;  // the chunk's A tiles per block of k
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (Pair) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t k = 0; k < blocks; ++k, w += kBlockElems) {
+    if (k + 1 < blocks) {
+      const char* next_w = reinterpret_cast<const char*>(w + kBlockElems);
+      for (int l = 0; l < 2 * kTileElems * 2; l += 64) _mm_prefetch(next_w + l, _MM_HINT_T0);
+      for (const uint32_t* bx : {b0, b1}) {
+        if (!Pair && bx == b1) break;
+        const char* next_b = reinterpret_cast<const char*>(bx + (k + 1) * kTileWords);
+        for (int l = 0; l < kTileWords * 4; l += 64) _mm_prefetch(next_b + l, _MM_HINT_T0);
+      }
+    }
+    _tile_loadd(4, w, 64);
+    _tile_loadd(5, w + kTileElems, 64);
+    _tile_loadd(6, b0 + k * kTileWords, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    if constexpr (Pair) {
+      _tile_loadd(7, b1 + k * kTileWords, 64);
+      _tile_dpbf16ps(2, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  alignas(64) float out[kTileRows][kTileRows];
+  auto store = [&](int64_t jj, int64_t mm) {  // out[n][m] -> y[m, n]
+    const int64_t rows = std::min(kTileRows, x.M - mm * kTileRows), cols = std::min(kTileRows, R - jj * kTileRows);
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t n = 0; n < cols; ++n) y[(mm * kTileRows + m) * N + jj * kTileRows + n] = out[n][m];
+  };
+  _tile_stored(0, out, 64);
+  store(j, mt);
+  _tile_stored(1, out, 64);
+  store(j + 1, mt);
+  if constexpr (Pair) {
+    _tile_stored(2, out, 64);
+    store(j, mt + 1);
+    _tile_stored(3, out, 64);
+    store(j + 1, mt + 1);
+  }
+}
+
+// y[m, n] (row stride N) = sum_k x[m, k] w[n, k] for m < x.M and n < R, w the chunk's A
+// tiles. Each output sums k in blocks of 32, in order, whatever M and however the tiles
+// are paired. (Passes over slices of k that keep the chunk's A tiles in L1 measured
+// slower: storing and reloading the sums between passes costs more than they save.)
+void amx_bf16_rows(const AmxX& x, const AmxW& a, int64_t R, float* y, int64_t N) {
+  const int64_t m_tiles = (x.M + kTileRows - 1) / kTileRows;
   TileConfig config;
   for (int t = 0; t < 8; ++t) config.rows[t] = kTileRows, config.bytes_per_row[t] = 64;
   _tile_loadconfig(&config);
-  alignas(64) float out[kTileRows][kTileRows];
-  for (int64_t mt = 0; mt < m_tiles; ++mt) {
-    // tiles 0-2: the sums of W tiles 0-2; 3: x^T; 4-6: W tiles
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    const uint32_t* b = x.data + mt * blocks * kTileWords;
-    const int64_t stride = Kp * sizeof(uint16_t);
-    for (int64_t k = 0; k < blocks; ++k) {
-      _tile_loadd(3, b + k * kTileWords, 64);
-      _tile_loadd(4, a + k * kTileK, stride);
-      _tile_loadd(5, a + kTileRows * Kp + k * kTileK, stride);
-      _tile_loadd(6, a + 2 * kTileRows * Kp + k * kTileK, stride);
-      _tile_dpbf16ps(0, 4, 3);
-      _tile_dpbf16ps(1, 5, 3);
-      _tile_dpbf16ps(2, 6, 3);
+  for (int64_t mt = 0; mt < m_tiles; mt += 2)
+    for (int64_t j = 0; j * kTileRows < R; j += 2) {
+      if (mt + 1 < m_tiles)
+        tile_pair<true>(x, a, mt, j, R, y, N);
+      else
+        tile_pair<false>(x, a, mt, j, R, y, N);
     }
-    const int64_t rows = std::min(kTileRows, x.M - mt * kTileRows);
-    auto store = [&](int64_t j) {  // out[n][m] -> y[m, n]
-      const int64_t cols = std::min(kTileRows, R - j * kTileRows);
-      for (int64_t n = 0; n < cols; ++n)
-        for (int64_t m = 0; m < rows; ++m) y[(mt * kTileRows + m) * N + j * kTileRows + n] = out[n][m];
-    };
-    _tile_stored(0, out, 64);
-    store(0);
-    _tile_stored(1, out, 64);
-    store(1);
-    _tile_stored(2, out, 64);
-    store(2);
-  }
   _tile_release();
 }
-
-void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N) { amx_rows(x, w, R, y, N); }
-void amx_bf16_rows(const AmxX& x, const int8_t* w, int64_t R, float* y, int64_t N) { amx_rows(x, w, R, y, N); }
 
 #else  // no AMX: never available, never called
 
 bool amx_bf16_available() { return false; }
 AmxX amx_packed_x(const uint16_t*, int64_t, int64_t) { return {}; }
-void amx_bf16_rows(const AmxX&, const float*, int64_t, float*, int64_t) {}
-void amx_bf16_rows(const AmxX&, const int8_t*, int64_t, float*, int64_t) {}
+AmxW amx_chunk(int64_t, int64_t) { return {}; }
+void amx_put_row(const AmxW&, int64_t, const float*) {}
+void amx_put_row(const AmxW&, int64_t, const int8_t*) {}
+void amx_bf16_rows(const AmxX&, const AmxW&, int64_t, float*, int64_t) {}
 
 #endif
 

@@ -21,15 +21,15 @@ struct Job {
   int64_t chunks = 0;
 };
 
-// Calls `chunk(n0, n1)` for consecutive chunks of kChunkRows of the N rows of W, on the
-// caller and the pool's threads; returns when every chunk is done.
+// Calls `chunk(n0, n1)` for consecutive chunks of `rows` (default kChunkRows) of the N
+// rows of W, on the caller and the pool's threads; returns when every chunk is done.
 template <typename Chunk>
-void parallel_chunks(xla::ffi::ThreadPool& pool, int64_t N, Chunk chunk) {
+void parallel_chunks(xla::ffi::ThreadPool& pool, int64_t N, Chunk chunk, int64_t rows = kChunkRows) {
   auto job = std::make_shared<Job>();
-  job->chunks = (N + kChunkRows - 1) / kChunkRows;
-  auto work = [job, N, chunk]() {
+  job->chunks = (N + rows - 1) / rows;
+  auto work = [job, N, chunk, rows]() {
     for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) {
-      chunk(c * kChunkRows, std::min(N, (c + 1) * kChunkRows));
+      chunk(c * rows, std::min(N, (c + 1) * rows));
       job->done.fetch_add(1, std::memory_order_release);
     }
   };
@@ -69,15 +69,23 @@ void blocks_times_int8(xla::ffi::ThreadPool& pool, const Blocks& b, bool nibbles
 
 // bfloat16 products on AMX tiles (`amx_bf16.cc`), only where `amx_bf16_available()`:
 // x [M, K] bfloat16 packed once per product by `amx_packed_x` (a buffer of the calling
-// thread), then R <= kChunkRows float32 or int8 rows of W at a time (rounded to bfloat16
-// there): y[m, n] with row stride N.
+// thread); then per chunk of R <= kAmxRows rows of W, `amx_chunk` (a buffer of the
+// calling thread) filled row by row by `amx_put_row` (float32 or int8, rounded to
+// bfloat16 there) and multiplied by `amx_bf16_rows`: y[m, n] with row stride N.
+constexpr int64_t kAmxRows = 64;  // rows of W per chunk: 4 A tiles, multiplied in pairs
 struct AmxX {
   const uint32_t* data;
   int64_t M, K, Kp;  // Kp: K rounded up to 32
 };
+struct AmxW {
+  uint16_t* data;
+  int64_t K, Kp;
+};
 bool amx_bf16_available();
 AmxX amx_packed_x(const uint16_t* x, int64_t M, int64_t K);
-void amx_bf16_rows(const AmxX& x, const float* w, int64_t R, float* y, int64_t N);
-void amx_bf16_rows(const AmxX& x, const int8_t* w, int64_t R, float* y, int64_t N);
+AmxW amx_chunk(int64_t K, int64_t R);
+void amx_put_row(const AmxW& a, int64_t n, const float* w);
+void amx_put_row(const AmxW& a, int64_t n, const int8_t* w);
+void amx_bf16_rows(const AmxX& x, const AmxW& a, int64_t R, float* y, int64_t N);
 
 }  // namespace viasd

@@ -392,21 +392,23 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
 
 // bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
 // `products="bfloat16"` path of prefill where `viasd::amx_bf16_available()`.
-// `chunk(n0, n1)` gives W's rows [n0, n1) (float32 or int8, [n1 - n0, K]).
-template <typename Chunk>
-void run_amx(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
+// `row(n)` gives W's row n (float32 or int8, K weights).
+template <typename Row>
+void run_amx(ffi::ThreadPool& pool, Row row, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
              const float* scale = nullptr) {
   const viasd::AmxX xt = viasd::amx_packed_x(x, M, K);
-  parallel_chunks(pool, N, [&chunk, &xt, y, M, N, scale](int64_t n0, int64_t n1) {
-    viasd::amx_bf16_rows(xt, chunk(n0, n1), n1 - n0, y + n0, N);
+  parallel_chunks(pool, N, [&row, &xt, y, M, K, N, scale](int64_t n0, int64_t n1) {
+    const viasd::AmxW a = viasd::amx_chunk(K, n1 - n0);
+    for (int64_t n = n0; n < n1; ++n) viasd::amx_put_row(a, n - n0, row(n));
+    viasd::amx_bf16_rows(xt, a, n1 - n0, y + n0, N);
     if (scale) apply_scale(scale, y, M, N, n0, n1);
-  });
+  }, viasd::kAmxRows);
 }
 
-// W's rows [n0, n1) where W lies in memory as `w [N, K]`.
+// W's row n where W lies in memory as `w [N, K]`.
 template <typename T>
 auto rows_of(const T* w, int64_t K) {
-  return [w, K](int64_t n0, int64_t) { return w + n0 * K; };
+  return [w, K](int64_t n) { return w + n * K; };
 }
 
 // `scale` (int8 weights; else null): y[m, n] *= scale[n] once each output is summed.
@@ -682,7 +684,7 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
 template <bool Nibbles>
 void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float* y, int64_t M, int64_t N) {
   if (viasd::amx_bf16_available())  // on AMX tiles, whatever M (as `run`)
-    return run_amx(pool, [&b](int64_t n0, int64_t n1) { return dequantized<Nibbles>(b, n0, n1); }, x, y, M, b.K, N);
+    return run_amx(pool, [&b](int64_t n) { return dequantized<Nibbles>(b, n, n + 1); }, x, y, M, b.K, N);
   parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
     const uint16_t* w = rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K);
     rows(w, x, y + n0, M, b.K, N, 0, n1 - n0);
