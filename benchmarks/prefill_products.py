@@ -1,7 +1,8 @@
 """Prefill-sized forwards with `products="bfloat16"`, AMX tiles against the dot-product path.
 
-Times one cached forward of `--tokens` new tokens (`costs.forward_seconds`, median of
-`--repeats`) of a real model whose matrices multiply in bfloat16, once per process with
+Times one cached forward of `--tokens` new tokens with prefill's batched attention
+(`costs.forward_seconds`, median of `--repeats`) of a real model whose matrices
+multiply in bfloat16, once per process with
 `VIASD_AMX=0` (the dot-product path) and once without (AMX tiles where the CPU has
 them), the two alternating for `--rounds` rounds. Usage:
 

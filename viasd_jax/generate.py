@@ -28,7 +28,11 @@ from viasd_jax.sampling import SamplingParams
 from viasd_jax.stopping import stop_array
 
 LENGTH_MULTIPLE = 128  # cache lengths are rounded up to this, so max_new_tokens rarely recompiles
-PREFILL_CHUNK = 64  # prompt tokens per prefill forward (shorter prompts use their bucket)
+# Prompt tokens per prefill forward (shorter prompts use their bucket). The CPU kernel
+# computes only a chunk's live rows, so a chunk's padding costs only attention and
+# elementwise work, while every chunk re-reads (and, for bfloat16 products, re-rounds)
+# all weights: 256 prefilled the dev prompts 1.15x faster than 64 (docs/performance.md).
+PREFILL_CHUNK = 256
 
 _COMPILED: dict[Any, Any] = {}
 _COMPILE_SECONDS: list[float] = []
