@@ -31,7 +31,7 @@ LENGTH_MULTIPLE = 128  # cache lengths are rounded up to this, so max_new_tokens
 # Prompt tokens per prefill forward (shorter prompts use their bucket). The CPU kernel
 # computes only a chunk's live rows, so a chunk's padding costs only attention and
 # elementwise work, while every chunk re-reads (and, for bfloat16 products, re-rounds)
-# all weights: 256 prefilled the dev prompts 1.15x faster than 64 (docs/performance.md).
+# all weights: 256 beat 64 on the dev prompts (docs/performance.md, benchmarks/prefill_chunk.py).
 PREFILL_CHUNK = 256
 
 _COMPILED: dict[Any, Any] = {}

@@ -102,8 +102,8 @@ def _attention(cfg: ModelConfig, q, k_all, v_all, mask, rows_alone: bool = True)
 
     def attend(q, mask):  # q [B, T', G, R, K], mask [B, T', S] -> [B, T', G, R, K]
         # scores [B, G, T', R, S]: with T' outside R, XLA's CPU dots take probs as they lie
-        # (in [B, G, R, T', S] it transposed them, and V, for the second product: 2.7x the
-        # time at T' = 256, S = 512, the same bits)
+        # (in [B, G, R, T', S] it transposed them, and V, for the second product; see
+        # docs/performance.md, "Attention scores laid out for XLA's CPU dots")
         scores = jnp.einsum("btgrk,bgsk->bgtrs", q, k_all, preferred_element_type=jnp.float32)
         scores = _softcap(scores * cfg.query_scale, cfg.attn_softcap)
         scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED)

@@ -49,7 +49,13 @@ bool request_tiles() {
 constexpr int64_t kTileWords = kTileRows * kTileK / 2;  // dwords in a tile (1 KB)
 constexpr int64_t kRowTiles = kAmxRows / kTileRows;     // A tiles a chunk's rows fill per block of k
 constexpr int64_t kTileElems = kTileRows * kTileK;     // bfloat16 in an A tile
+constexpr int kTileBytes = 1024;
 static_assert(kRowTiles % 2 == 0, "amx_bf16_rows multiplies W's row tiles in pairs");
+
+// `bytes` from p into L1, a cache line at a time.
+inline void prefetch(const void* p, int bytes) {
+  for (int l = 0; l < bytes; l += 64) _mm_prefetch(static_cast<const char*>(p) + l, _MM_HINT_T0);
+}
 
 // 16 weights as float32 (masked: zeros past `live`); int8 converts exactly.
 inline __m512 load16(const float* p, __mmask16 live) { return _mm512_maskz_loadu_ps(live, p); }
@@ -134,13 +140,9 @@ void tile_pair(const AmxX& x, const AmxW& a, int64_t mt, int64_t j, int64_t R, f
   }
   for (int64_t k = 0; k < blocks; ++k, w += kBlockElems) {
     if (k + 1 < blocks) {
-      const char* next_w = reinterpret_cast<const char*>(w + kBlockElems);
-      for (int l = 0; l < 2 * kTileElems * 2; l += 64) _mm_prefetch(next_w + l, _MM_HINT_T0);
-      for (const uint32_t* bx : {b0, b1}) {
-        if (!Pair && bx == b1) break;
-        const char* next_b = reinterpret_cast<const char*>(bx + (k + 1) * kTileWords);
-        for (int l = 0; l < kTileWords * 4; l += 64) _mm_prefetch(next_b + l, _MM_HINT_T0);
-      }
+      prefetch(w + kBlockElems, 2 * kTileBytes);
+      prefetch(b0 + (k + 1) * kTileWords, kTileBytes);
+      if constexpr (Pair) prefetch(b1 + (k + 1) * kTileWords, kTileBytes);
     }
     _tile_loadd(4, w, 64);
     _tile_loadd(5, w + kTileElems, 64);
