@@ -14,6 +14,7 @@ import sys
 from viasd_jax import fetch
 from viasd_jax.decode import PREFILL_DTYPES
 from viasd_jax.layout import LAYOUTS
+from viasd_jax.loading import CODES
 
 
 def _read_prompts(args) -> list[str]:
@@ -76,10 +77,10 @@ def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None
     sd ran 1.13x faster per request on the 48 dev prompts, docs/performance.md; lossy via's
     tier-A accepts read the drafter, so its text may change: agreement 0.822 either way on
     6 prompts); else `dtype` (None keeps the checkpoint's). A drafter on its GGUF codes
-    (`drafter_quantize` "gguf") is float32."""
+    or our 4-bit codes (`drafter_quantize` "gguf" or "q4") is float32."""
     if requested:
         return requested
-    if drafter_quantize == "gguf":  # the codes reproduce the float32 model
+    if drafter_quantize in CODES:  # codes multiply float32 activations
         return None
     if quantize in (None, "gguf") and str(target_dtype) == "float32":
         return "bfloat16"
@@ -127,16 +128,16 @@ def cmd_generate(args) -> None:
     widths = None if args.verify_widths is None else parse_widths(args.verify_widths)  # bad text fails before loading
     prompts = _read_prompts(args)
     quantize = target_quantize(args.quantize, args.target, args.dtype, args.layout)
-    if args.products is not None and quantize != "gguf":
-        raise ValueError(f"--products {args.products} multiplies GGUF codes: it needs --quantize gguf (or auto on "
+    if args.products is not None and quantize not in CODES:
+        raise ValueError(f"--products {args.products} multiplies codes: it needs --quantize gguf or q4 (or auto on "
                          "a model whose GGUF codes apply)")
     target = viasd_jax.load(args.target, dtype=args.dtype, quantize=quantize, layout=args.layout,
                             products=args.products)
     drafter_quantize = default_drafter_quantize(args.drafter_quantize, target.dtype, quantize)
     drafter_dtype = default_drafter_dtype(args.drafter_dtype, target.dtype, args.dtype, quantize, drafter_quantize)
-    if args.drafter_products is not None and drafter_quantize != "gguf":
-        raise ValueError(f"--drafter-products {args.drafter_products} multiplies GGUF codes: it needs "
-                         "--drafter-quantize gguf")
+    if args.drafter_products is not None and drafter_quantize not in CODES:
+        raise ValueError(f"--drafter-products {args.drafter_products} multiplies codes: it needs "
+                         "--drafter-quantize gguf or q4")
     drafter = load_drafter(args.drafter, drafter_dtype, drafter_quantize, args.layout, args.drafter_products)
     mode = args.mode or ("ar" if drafter is None else "via")
     result = viasd_jax.generate(
@@ -308,18 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--drafter-dtype", choices=["float32", "bfloat16"], default=None, help=DRAFTER_DTYPE_HELP)
-    g.add_argument("--quantize", choices=["auto", "none", "int8", "gguf"], default="auto",
+    g.add_argument("--quantize", choices=["auto", "none", "int8", "gguf", "q4"], default="auto",
                    help="gguf: the target's own GGUF Q4_K/Q6_K codes, multiplied exactly as its float32 weights "
                         "(a registered model or .gguf; CPU); int8: weight-only matrices (target and drafter; lossy); "
+                        "q4: 4-bit codes made here, a scale and min per 32 weights (CPU; lossy); "
                         "none: float weights; auto (default): gguf where it applies, else none")
     g.add_argument("--products", choices=["int8"], default=None,
                    help="int8: the target's GGUF codes meet activations quantized to int8 per 32 values, multiplied "
-                        "in integers (llama.cpp's numerics; lossy, faster; needs the gguf codes)")
-    g.add_argument("--drafter-quantize", choices=["int8", "gguf", "none"], default=None,
+                        "in integers (llama.cpp's numerics; lossy, faster; needs gguf or q4 codes)")
+    g.add_argument("--drafter-quantize", choices=["int8", "gguf", "q4", "none"], default=None,
                    help="the drafter's matrices (default: int8 under a float32 target, else as --quantize; gguf: "
-                        "its own GGUF codes); a drafter only proposes, so lossless output is unchanged")
+                        "its own GGUF codes; q4: 4-bit codes made here); a drafter only proposes, so lossless "
+                        "output is unchanged")
     g.add_argument("--drafter-products", choices=["int8"], default=None,
-                   help="as --products, for a drafter on its GGUF codes (output unchanged)")
+                   help="as --products, for a drafter on gguf or q4 codes (output unchanged)")
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help=LAYOUT_HELP)
     g.set_defaults(func=cmd_generate)
 

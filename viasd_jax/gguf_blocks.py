@@ -31,6 +31,7 @@ activations; the drafter may be quantized as usual.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
@@ -149,43 +150,51 @@ def gguf_matrices(gguf_path: str) -> dict:
     return {t.name: (t.tensor_type.name, t.data, int(t.shape[0])) for t in reader.tensors}
 
 
+def codes_params(params, cfg, unpack, desc: str, progress: bool = True):
+    """`params` (float32, layout "cpu-kernel") with every matrix of `GGUF_NAMES` replaced
+    by the `BlockWeight` of `unpack(name, i, w)` -> `(kind, codes [N, K], scales, mins)`
+    for layer `i` (None for a top-level matrix) of its float32 weights `w [N, K]`."""
+    from tqdm.auto import tqdm
+
+    from viasd_jax.layout import OutputMajor, layout_of, matrices
+    from viasd_jax.params import leaves_of, params_from_leaves
+
+    if layout_of(params) != "cpu-kernel":
+        raise ValueError("codes are multiplied by the CPU kernel: load with layout='auto' or 'cpu-kernel' on a CPU")
+    leaves = dict(leaves_of(params))
+    todo = [name for name in GGUF_NAMES if isinstance(leaves.get(name), OutputMajor)]
+    for name in tqdm(todo, desc=desc, disable=not progress):
+        w = leaves[name].w
+        if getattr(w, "dtype", None) != jnp.float32:
+            raise ValueError(f"codes replace float32 matrices; {name} is {getattr(w, 'dtype', type(w))}")
+        stacked = "{i}" in GGUF_NAMES[name]
+        k = math.prod(w.shape[-len(matrices()[name][1]):])
+        per_layer = [unpack(name, i, np.asarray(w[i] if stacked else w).reshape(-1, k))
+                     for i in (range(cfg.num_layers) if stacked else [None])]
+        leaves[name] = OutputMajor(_stack(per_layer, w.shape, stacked), kernel=True)
+    return params_from_leaves(cfg, leaves)
+
+
 def block_params(params, cfg, gguf_path: str, verify: bool = True, progress: bool = True):
     """`params` (float32, layout "cpu-kernel") with every matrix that the GGUF file holds
     as Q4_K or Q6_K replaced by its `BlockWeight`; raises if any other matrix type is
     found or, with `verify`, if the codes do not give the params' float32 weights exactly."""
-    from tqdm.auto import tqdm
-
-    from viasd_jax.layout import OutputMajor, layout_of
-    from viasd_jax.params import leaves_of, params_from_leaves
-
-    if layout_of(params) != "cpu-kernel":
-        raise ValueError("quantize='gguf' multiplies with the CPU kernel: load with layout='auto' or 'cpu-kernel' on a CPU")
     tensors = gguf_matrices(gguf_path)
-    leaves = dict(leaves_of(params))
-    todo = [name for name in GGUF_NAMES if isinstance(leaves.get(name), OutputMajor)]
-    for name in tqdm(todo, desc="gguf blocks", disable=not progress):
-        w = leaves[name].w
-        if getattr(w, "dtype", None) != jnp.float32:
-            raise ValueError(f"quantize='gguf' replaces float32 matrices; {name} is {getattr(w, 'dtype', type(w))}")
-        layers = range(cfg.num_layers) if "{i}" in GGUF_NAMES[name] else [None]
-        per_layer = []
-        for i in layers:
-            tname = GGUF_NAMES[name].format(i=i)
-            if tname not in tensors:
-                raise ValueError(f"{gguf_path}: no tensor {tname} for {name}")
-            kind, raw, k = tensors[tname]
-            if kind not in UNPACKERS:
-                raise ValueError(f"{gguf_path}: {tname} is {kind}; quantize='gguf' keeps Q4_K and Q6_K matrices only")
-            unpack, _ = UNPACKERS[kind]
-            codes, scales, mins = unpack(np.asarray(raw), k)
-            if verify:
-                want = np.asarray(w[i] if i is not None else w).reshape(codes.shape)
-                if not _reproduces(codes, scales, mins, want):
-                    raise ValueError(f"{gguf_path}: {tname} does not reproduce the loaded model's {name} exactly "
-                                     "(is this the GGUF file the checkpoint was converted from?)")
-            per_layer.append((kind, codes, scales, mins))
-        leaves[name] = OutputMajor(_stack(per_layer, w.shape, i is not None), kernel=True)
-    return params_from_leaves(cfg, leaves)
+
+    def unpack(name, i, want):
+        tname = GGUF_NAMES[name].format(i=i)
+        if tname not in tensors:
+            raise ValueError(f"{gguf_path}: no tensor {tname} for {name}")
+        kind, raw, k = tensors[tname]
+        if kind not in UNPACKERS:
+            raise ValueError(f"{gguf_path}: {tname} is {kind}; quantize='gguf' keeps Q4_K and Q6_K matrices only")
+        codes, scales, mins = UNPACKERS[kind][0](np.asarray(raw), k)
+        if verify and (codes.shape != want.shape or not _reproduces(codes, scales, mins, want)):
+            raise ValueError(f"{gguf_path}: {tname} does not reproduce the loaded model's {name} exactly "
+                             "(is this the GGUF file the checkpoint was converted from?)")
+        return kind, codes, scales, mins
+
+    return codes_params(params, cfg, unpack, "gguf blocks", progress)
 
 
 def _reproduces(codes, scales, mins, want: np.ndarray, rows: int = 4096) -> bool:

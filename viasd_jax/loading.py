@@ -93,15 +93,17 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     decoding forwards on CPU, compiled on first use; see `viasd_jax.layout`). The
     default "auto" is "cpu-kernel" on one CPU (float32, bfloat16 or int8 weights, a C++
     compiler present) and "input-major" otherwise (GPU, TPU, a mesh, float16).
-    `products="int8"` (with `quantize="gguf"`) multiplies the codes by activations
+    `quantize="q4"` (float32, CPU) makes every matrix 4-bit codes in the same packing
+    (a scale and min per 32 weights; lossy: meant for drafters, `viasd_jax.q4_codes`).
+    `products="int8"` (with `quantize="gguf"` or "q4") multiplies the codes by activations
     quantized to int8 per 32 values, in integers (llama.cpp's numerics: lossy against
     the float32 model, 1.3-1.8x faster forwards here; `cpu_matvec.matvec_blocks`).
     """
     if products is not None:
         from viasd_jax.layout import with_products
 
-        if quantize != "gguf":
-            raise ValueError(f"products={products!r} multiplies GGUF codes: it needs quantize='gguf'")
+        if quantize not in CODES:
+            raise ValueError(f"products={products!r} multiplies GGUF codes: it needs quantize='gguf' or 'q4'")
         model = load(path, dtype=dtype, verify=verify, mesh=mesh, quantize=quantize, layout=layout)
         return dataclasses.replace(model, params=with_products(model.params, products))
     import checkpoints_convert as cc
@@ -111,8 +113,8 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
 
     if LY.check(layout) not in ("auto", "input-major") and mesh is not None:
         raise ValueError(f"layout={layout!r} is for one CPU; sharded models use the default layout")
-    if quantize == "gguf":
-        return _load_gguf_blocks(path, dtype=dtype, verify=verify, mesh=mesh, layout=layout)
+    if quantize in CODES:
+        return _load_codes(path, quantize, dtype=dtype, verify=verify, mesh=mesh, layout=layout)
 
     if not os.path.exists(path) and path in fetch.MODELS:
         model = load(fetch.ensure_model(path), dtype=dtype, verify=verify, mesh=mesh, quantize=quantize,
@@ -172,16 +174,22 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     )
 
 
-def _load_gguf_blocks(path: str, dtype, verify: bool, mesh, layout: str) -> Model:
+CODES = ("gguf", "q4")  # quantizations into codes that the CPU kernel multiplies (`gguf_blocks.BlockWeight`)
+
+
+def _load_codes(path: str, quantize: str, dtype, verify: bool, mesh, layout: str) -> Model:
     from viasd_jax import gguf_blocks
+    from viasd_jax.q4_codes import q4_params
 
     if mesh is not None or layout not in ("auto", "cpu-kernel"):
-        raise ValueError("quantize='gguf' runs on the CPU kernel: no mesh, layout 'auto' or 'cpu-kernel'")
+        raise ValueError(f"quantize={quantize!r} runs on the CPU kernel: no mesh, layout 'auto' or 'cpu-kernel'")
     if dtype is not None and jnp.dtype(dtype) != jnp.float32:
-        raise ValueError(f"quantize='gguf' reproduces the float32 dequantized model; dtype must be float32, not {dtype}")
-    gguf = gguf_blocks.gguf_file_for(path)
+        raise ValueError(f"quantize={quantize!r} codes multiply float32 activations; dtype must be float32, not {dtype}")
+    gguf = gguf_blocks.gguf_file_for(path) if quantize == "gguf" else None
     model = load(path, dtype="float32", verify=verify, layout="cpu-kernel")
-    return dataclasses.replace(model, params=gguf_blocks.block_params(model.params, model.config, gguf))
+    params = (gguf_blocks.block_params(model.params, model.config, gguf) if gguf else
+              q4_params(model.params, model.config))
+    return dataclasses.replace(model, params=params)
 
 
 def model_from_params(cfg: ModelConfig, params: Params, tokenizer=None, eos_ids=(), **kw) -> Model:

@@ -10,10 +10,10 @@ system on a second copy of the target / drafter in that weight layout, and
 `quantize=int8` on int8 copies of both, `quantize=gguf` on a copy of the target that keeps
 its GGUF codes (exact; the drafter as it is), `dtype=bfloat16` on bfloat16 copies of both,
 `drafter_dtype=bfloat16` on a bfloat16 copy of the drafter alone, `drafter_quantize=int8`
-on an int8 copy of the drafter alone (each copy loaded once, shared by every system
-that names it). `products=int8` multiplies a GGUF-codes target by int8-quantized
-activations (`load(..., products=)`; lossy), `drafter_products=int8` a GGUF-codes
-drafter (`drafter_quantize=gguf`). A drafter only proposes, so its dtype and products
+(or `q4`, 4-bit codes made at load) on such a copy of the drafter alone (each copy loaded
+once, shared by every system that names it). `products=int8` multiplies a GGUF-codes
+target by int8-quantized activations (`load(..., products=)`; lossy), `drafter_products=int8`
+a codes drafter (`drafter_quantize=gguf` or `q4`). A drafter only proposes, so its dtype and products
 change speed and acceptance, never the lossless modes' output; the target's change the
 output (its agreement is measured against the bench's own target).
 """
