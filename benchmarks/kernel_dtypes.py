@@ -16,12 +16,14 @@ float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and
 its codes against int8-quantized activations (`products="int8"`, lossy).
 Part 3 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
 drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype (and
-int8 over bfloat16) against the target's float32 1-token forward: for 1 token, `c` as
+int8 over bfloat16, GGUF codes, 4-bit codes made at load) against the target's 1-token
+forward (float32 unless `--target-quantize` / `--target-products`): for 1 token, `c` as
 the bench header prints it.
 Usage:
 
     python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
         [--gguf] [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
+        [--drafter-kinds "int8 over bfloat16,q4 codes x int8" --target-quantize gguf --target-products int8]
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ PATHS = {  # name: (weight dtype, activation dtype)
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
             "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf"),
-            "gguf codes x int8": dict(quantize="gguf", products="int8")}
+            "gguf codes x int8": dict(quantize="gguf", products="int8"), "q4 codes": dict(quantize="q4"),
+            "q4 codes x int8": dict(quantize="q4", products="int8")}
 
 
 def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
@@ -95,6 +98,8 @@ def main():
     ap.add_argument("--drafter", help="also time this drafter's forwards in each dtype")
     ap.add_argument("--drafter-kinds", default=",".join(DRAFTERS), help="drafter dtypes to time (comma-separated)")
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--target-quantize", default=None, help="the target that drafter costs divide by (e.g. gguf)")
+    ap.add_argument("--target-products", default=None, help="its products (e.g. int8, with --target-quantize gguf)")
     ap.add_argument("--tokens", default="1,5,64", help="new tokens per timed drafter forward")
     args = ap.parse_args()
 
@@ -125,10 +130,11 @@ def main():
             del target
 
     if args.drafter:
-        target = viasd_jax.load(args.target)
+        target = viasd_jax.load(args.target, quantize=args.target_quantize, products=args.target_products)
         t1 = costs.forward_seconds(target, 1, repeats=args.repeats)
         del target
-        print(f"\ntarget 1-token forward {t1 * 1e3:.1f} ms")
+        print(f"\ntarget (quantize {args.target_quantize}, products {args.target_products}) 1-token forward "
+              f"{t1 * 1e3:.1f} ms")
         print("| drafter dtype | new tokens | ms | in target 1-token forwards |")
         print("|---|---:|---:|---:|")
         for dtype in args.drafter_kinds.split(","):
