@@ -13,7 +13,9 @@ The last two multiply the codes by activations quantized to int8 (`products="int
 GB/s counts the bytes each path streams (codes, scales and mins included).
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
 float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and as
-its codes against int8-quantized activations (`products="int8"`, lossy).
+its codes against int8-quantized activations (`products="int8"`, lossy), with the
+arithmetic rate of the layers' matrix products (2 flops per weight and token; with
+`--prefill`, prompt chunks as prefill runs them).
 Part 3 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
 drafting step, 5: catch-up, 64: a prefill chunk) of the drafter in each dtype (and
 int8 over bfloat16, GGUF codes, 4-bit codes made at load) against the target's 1-token
@@ -22,7 +24,7 @@ the bench header prints it.
 Usage:
 
     python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
-        [--gguf] [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
+        [--gguf [--prefill]] [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
         [--drafter-kinds "int8 over bfloat16,q4 codes x int8" --target-quantize gguf --target-products int8]
 """
 
@@ -95,6 +97,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--paths", default=",".join(PATHS), help="kernel paths to time (comma-separated)")
     ap.add_argument("--gguf", action="store_true", help="also time the target's forwards as float32 and GGUF codes")
+    ap.add_argument("--prefill", action="store_true", help="with --gguf: prefill's batched attention (else rows alone)")
     ap.add_argument("--drafter", help="also time this drafter's forwards in each dtype")
     ap.add_argument("--drafter-kinds", default=",".join(DRAFTERS), help="drafter dtypes to time (comma-separated)")
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
@@ -118,15 +121,20 @@ def main():
     from viasd_jax.bench import costs
 
     if args.gguf:
-        print("\n| target | new tokens | ms | vs float32 |")
-        print("|---|---:|---:|---:|")
+        print("\n| target | new tokens | ms | vs float32 | layer GFLOP/s |")
+        print("|---|---:|---:|---:|---:|")
         times = {}
         for label, quantize, products in (("float32", None, None), ("gguf codes", "gguf", None),
                                           ("gguf codes, int8 products", "gguf", "int8")):
             target = viasd_jax.load(args.target, quantize=quantize, products=products)
+            if label == "float32":  # weights the layers multiply per token (the head only for the last)
+                layer_weights = sum(x.size for x in jax.tree.leaves(target.params.layers))
             for tokens in (int(t) for t in args.tokens.split(",")):
-                times[label, tokens] = t = costs.forward_seconds(target, tokens, repeats=args.repeats)
-                print(f"| {label} | {tokens} | {t * 1e3:.1f} | {times['float32', tokens] / t:.2f} |", flush=True)
+                times[label, tokens] = t = costs.forward_seconds(target, tokens, repeats=args.repeats,
+                                                                 cache_len=max(256, 2 * tokens),
+                                                                 rows_alone=not args.prefill)
+                print(f"| {label} | {tokens} | {t * 1e3:.1f} | {times['float32', tokens] / t:.2f} | "
+                      f"{2 * layer_weights * tokens / t / 1e9:.0f} |", flush=True)
             del target
 
     if args.drafter:
