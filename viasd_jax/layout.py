@@ -193,7 +193,7 @@ def with_products(params, products: str | None):
     is_matrix = lambda w: isinstance(w, OutputMajor)  # noqa: E731
     takes = (lambda w: isinstance(w.w, BlockWeight)) if products == "int8" else (lambda w: True)  # noqa: E731
     if products == "int8" and not any(takes(w) for w in jax.tree.leaves(params, is_leaf=is_matrix) if is_matrix(w)):
-        raise ValueError("products='int8' multiplies GGUF codes: load the model with quantize='gguf'")
+        raise ValueError("products='int8' multiplies GGUF codes or q4 codes: load the model with quantize='gguf' or 'q4'")
     return jax.tree.map(lambda w: dataclasses.replace(w, products=products) if is_matrix(w) and takes(w) else w,
                         params, is_leaf=is_matrix)
 
