@@ -77,6 +77,70 @@ def test_a_narrow_drafter_head_is_lossless(target, near_drafter, far_drafter, wh
         assert res.stats["tier_c"] > 0
 
 
+LONG_PROMPTS = PROMPTS + [[30 + i % 17 for i in range(23)]]  # the last one is cut by a short drafter window
+
+
+def _drafter_view_caches(target, drafter, prompts, max_new_tokens, **kw):
+    """Run a whole generation; per row, the drafter's final cache (exact slots) and the
+    token sequence it saw there (drafters.view of the final tokens)."""
+    from viasd_jax import decode as D
+    from viasd_jax import drafters as DR
+    from viasd_jax.generate import prepare
+
+    p = prepare(target, prompts, drafter=drafter, max_new_tokens=max_new_tokens, **kw)
+    if max_new_tokens:
+        out = D.generate_loop(p.params, p.state, config=p.config, prefill_width=p.prefill_width)
+    else:
+        out = D.prefill_program(p.params, p.state, config=D.prefill_config(p.config), width=p.prefill_width)
+    skip = DR.skipped(p.config.drafter, out.prompt_len)
+    seen, _ = DR.view(p.config.drafter, out.tokens, out.n, skip)
+    lengths = np.asarray(out.draft_cache.lengths)
+    return [(np.asarray(out.draft_cache.k[:, b, :, :lengths[b]]), np.asarray(seen[b, :lengths[b]]).tolist())
+            for b in range(len(prompts))]
+
+
+@pytest.mark.parametrize("which", ["near", "self"])
+def test_a_windowed_drafter_is_lossless(target, near_drafter, which):
+    """draft_context: the drafter sees the prompt's first SINK and last few tokens; the
+    output is plain greedy's in sd and lossless via alike."""
+    drafter = {"near": near_drafter}.get(which, which)
+    ar = _ar(target, LONG_PROMPTS)
+    sd = viasd_jax.generate(target, LONG_PROMPTS, drafter=drafter, mode="sd", gamma=4, max_new_tokens=24,
+                            draft_context=2)
+    assert sd.tokens == ar
+    via = viasd_jax.generate(target, LONG_PROMPTS, drafter=drafter, route=[0, 3], lossless=True, gamma=3,
+                             max_new_tokens=24, draft_context=2, mix_lookup=2)
+    assert via.tokens == ar
+
+
+@pytest.mark.parametrize("new_tokens", [0, 20], ids=["after-prefill", "after-rounds"])
+def test_a_windowed_drafters_cache_is_its_view_of_the_sequence(target, near_drafter, new_tokens):
+    """The drafter's cache holds exactly what a fresh drafter computes over the cut
+    sequence (the first SINK tokens, then the tail), after prefill and after rounds of
+    drafting, rollback and catch-up: positions count along the cut sequence."""
+    from viasd_jax.drafters import SINK
+
+    runs = _drafter_view_caches(target, near_drafter, LONG_PROMPTS, new_tokens, mode="sd", gamma=4,
+                                draft_context=3)
+    long_k, long_seen = runs[-1]
+    prompt = LONG_PROMPTS[-1]
+    assert long_seen[:SINK + 3] == prompt[:SINK] + prompt[-4:-1]  # prefill: the sinks, then the tail
+    if new_tokens:
+        assert len(long_seen) > SINK + 3  # the rounds fed it generated tokens too
+    for k, seen in runs:
+        fresh_k, fresh_seen = _drafter_view_caches(target, near_drafter, [seen + [0]], 0, mode="sd", gamma=4)[0]
+        assert fresh_seen == seen
+        np.testing.assert_allclose(k, fresh_k, rtol=1e-4, atol=1e-5)
+
+
+def test_draft_context_is_checked(target, near_drafter):
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="draft_context must be a non-negative integer"):
+            viasd_jax.generate(target, PROMPTS, drafter=near_drafter, mode="sd", draft_context=bad, max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt lookup has no model"):
+        viasd_jax.generate(target, PROMPTS, drafter="lookup", mode="sd", draft_context=8, max_new_tokens=2)
+
+
 def test_draft_vocab_is_checked(target, near_drafter):
     for bad in (0, 97, 2.5):
         with pytest.raises(ValueError, match="draft_vocab must be an integer in \\[1, 96\\]"):

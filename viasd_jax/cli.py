@@ -155,6 +155,7 @@ def cmd_generate(args) -> None:
         mix_lookup=args.mix_lookup,
         draft_stop=default_draft_stop(args.draft_stop, mode, drafter),
         draft_vocab=args.draft_vocab,
+        draft_context=args.draft_context,
         verify_widths=widths,
         prefill_dtype=args.prefill_dtype,
         max_new_tokens=args.max_new_tokens,
@@ -217,6 +218,8 @@ def cmd_bench(args) -> None:
                    "mix_lookup": args.mix_lookup, "draft_stop": args.draft_stop}
         if args.draft_vocab is not None:
             options["draft_vocab"] = args.draft_vocab
+        if args.draft_context:
+            options["draft_context"] = args.draft_context
         if args.prefill_dtype is not None:
             options["prefill_dtype"] = args.prefill_dtype
         for name in ("route", "self_route"):
@@ -295,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-vocab", type=int, default=None,
                    help="the drafter proposes only token ids below this; its LM head reads only those rows "
                         "(exact output; default: the whole vocabulary)")
+    g.add_argument("--draft-context", type=int, default=0,
+                   help="the drafter sees only the prompt's first 4 and last N tokens, so its prefill is at most "
+                        "N + 4 tokens (exact output; default 0: the whole prompt)")
     g.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default="float32", help=PREFILL_DTYPE_HELP)
     g.add_argument("--verify-widths", default=None,
                    help="narrower verification windows, e.g. '1,6', or 'none' (default: 1 for lookup, gamma+2 for via)")
@@ -357,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mix-lookup", type=int, default=0, help="model drafters: prompt-lookup drafts when >= this many")
     b.add_argument("--draft-stop", type=float, default=0.0, help="adaptive draft length threshold")
     b.add_argument("--draft-vocab", type=int, default=None, help="model drafters propose only ids below this")
+    b.add_argument("--draft-context", type=int, default=0,
+                   help="model drafters see only the prompt's first 4 and last N tokens (0: all)")
     b.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default=None,
                    help="our systems' prefill products (default float32; per system: @prefill_dtype=bfloat16)")
     b.add_argument("--max-new-tokens", type=int, default=128)

@@ -182,21 +182,25 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     count = jnp.maximum(state.prompt_len - 1, 0)
     d_params, d_cfg = _drafter_model(params, config) if state.draft_cache is not None else (None, None)
     params, d_params = _prefill_products(params, d_params, config.prefill_dtype)
+    cache = _prefill_model(params.target, config.target, None, state.tokens, count, state.cache, width)
+    draft_cache = state.draft_cache
+    if draft_cache is not None:  # a windowed drafter sees fewer prompt tokens (drafters.view)
+        d_tokens, d_count = DR.view(config.drafter, state.tokens, count, DR.skipped(config.drafter, state.prompt_len))
+        draft_cache = _prefill_model(d_params, d_cfg, params.draft_route, d_tokens, d_count, draft_cache, width)
+    return dataclasses.replace(state, cache=cache, draft_cache=draft_cache)
 
-    def chunk(i, caches):
-        cache, draft_cache = caches
+
+def _prefill_model(params: Params, cfg: ModelConfig, route, tokens, count, cache: KVCache, width: int) -> KVCache:
+    """Feed `tokens[:, :count]` to one model in chunks of `width`; the cache, exact below `count`."""
+
+    def chunk(i, cache):
         start = jnp.full_like(count, i * width)
-        window = gather_window(state.tokens, start, width)
+        window = gather_window(tokens, start, width)
         pos = window_positions(start, jnp.clip(count - start, 0, width), width)
-        _, cache = M.forward(params.target, config.target, window, pos, cache, rows_alone=False)
-        if draft_cache is not None:
-            _, draft_cache = M.forward(d_params, d_cfg, window, pos, draft_cache, params.draft_route, rows_alone=False)
-        return cache, draft_cache
+        return M.forward(params, cfg, window, pos, cache, route, rows_alone=False)[1]
 
     chunks = (jnp.max(count) + width - 1) // width
-    cache, draft_cache = jax.lax.fori_loop(0, chunks, chunk, (state.cache, state.draft_cache))
-    draft_cache = None if draft_cache is None else with_lengths(draft_cache, count)
-    return dataclasses.replace(state, cache=with_lengths(cache, count), draft_cache=draft_cache)
+    return with_lengths(jax.lax.fori_loop(0, chunks, chunk, cache), count)
 
 
 def _prefill_products(params: EngineParams, d_params, prefill_dtype: str):
@@ -225,7 +229,8 @@ def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, 
     d_params, _ = _drafter_model(params, config)
 
     def model(rows):
-        return DR.propose_model(spec, g, d_params, params.draft_route, params.sampling, key, state.tokens, state.n,
+        d_tokens, d_n = DR.view(spec, state.tokens, state.n, DR.skipped(spec, state.prompt_len))
+        return DR.propose_model(spec, g, d_params, params.draft_route, params.sampling, key, d_tokens, d_n,
                                 rows, state.draft_cache, params.draft_stop)
 
     if not spec.mix_lookup:
@@ -401,7 +406,9 @@ def decode_step(state: DecodeState, params: EngineParams, config: EngineConfig) 
     final = jnp.minimum(f_new + 1, n_new) if config.lossless else n_new
     done = state.done | (live & (stopped | (final >= state.max_n)))
     if draft_cache is not None:
-        draft_cache = DR.rollback(draft_cache, drafts, tokens, n, n_new)
+        skip = DR.skipped(config.drafter, state.prompt_len)
+        d_tokens, d_n_new = DR.view(config.drafter, tokens, n_new, skip)
+        draft_cache = DR.rollback(draft_cache, drafts, d_tokens, n - skip, d_n_new)
     c = state.counters
     counters = {
         **c,

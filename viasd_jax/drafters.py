@@ -8,6 +8,11 @@ Kinds (static `DrafterSpec.kind`):
 A model drafter's cache is exact for positions < `lengths` <= n - 1; a round first
 feeds the committed tokens it has not seen (usually one or two), then drafts one
 token per step. Rolling back is moving `lengths`.
+
+With `DrafterSpec.context` a model or self drafter sees only the first `SINK` prompt
+tokens and the last `context` of the rest (`view`): its prefill shrinks to at most
+`SINK + context` tokens, and its cache and positions count along that shortened
+sequence. Drafts stay proposals that the target verifies, so every mode stays exact.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from viasd_jax.windows import gather_window, window_positions
 
 KINDS = ("model", "self", "lookup")
 CATCH_UP = 4  # width of one catch-up chunk (committed tokens the drafter has not seen yet)
+# Leading prompt tokens a windowed drafter keeps: models park attention on the first
+# tokens ("attention sinks", Xiao et al. 2023), and a window without them drafts worse.
+SINK = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +44,32 @@ class DrafterSpec:
     mix_lookup: int = 0  # model drafters: use prompt-lookup drafts when they offer >= this many (0: never)
     min_ngram: int = 1  # shortest n-gram prompt lookup matches (longer ones draft fewer junk tokens)
     vocab: int | None = None  # model drafters: propose only ids below this (a cheaper head); None: all
+    context: int = 0  # model / self drafters: see the prompt's first SINK and last `context` tokens (0: all)
 
     @property
     def has_cache(self) -> bool:
         return self.kind in ("model", "self")
+
+
+def skipped(spec: DrafterSpec, prompt_len) -> jax.Array:
+    """`[B]` int32: prompt tokens the drafter never sees, those after its first `SINK`
+    (0 without `spec.context`, or when the prompt is short enough)."""
+    count = jnp.maximum(prompt_len - 1, 0)  # prompt tokens prefill feeds
+    if not spec.context:
+        return jnp.zeros_like(count)
+    return jnp.maximum(count - SINK - spec.context, 0)
+
+
+def view(spec: DrafterSpec, tokens, n, skip):
+    """(tokens `[B, S]`, n `[B]`) as the drafter sees them: positions `[SINK, SINK + skip)`
+    cut out, so that its entry j is `tokens[j]` below `SINK` and `tokens[j + skip]` from
+    there (entries past `S - skip` repeat the last one and are never read)."""
+    if not spec.context:
+        return tokens, n
+    s = tokens.shape[1]
+    j = jnp.arange(s)[None, :]
+    idx = jnp.where(j >= SINK, j + skip[:, None], j)
+    return jnp.take_along_axis(tokens, jnp.minimum(idx, s - 1), axis=1), n - skip
 
 
 def catch_up(params: Params, cfg: ModelConfig, route, tokens, n, live, cache: KVCache):

@@ -173,8 +173,12 @@ def _verify_widths(widths, config: D.EngineConfig) -> tuple[int, ...]:
 
 
 def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_ngram: int = 1,
-                  draft_vocab: int | None = None):
+                  draft_vocab: int | None = None, draft_context: int = 0):
     """(DrafterSpec, drafter Model or None) for `drafter`: a Model, "self" or "lookup"."""
+    if int(draft_context) != draft_context or draft_context < 0:
+        raise ValueError(f"draft_context must be a non-negative integer (0 = the whole prompt), got {draft_context}")
+    if draft_context and drafter == "lookup":
+        raise ValueError("draft_context shortens a model drafter's prompt; prompt lookup has no model, leave it 0")
     v = target.config.vocab_size
     if draft_vocab is not None and (int(draft_vocab) != draft_vocab or not 1 <= draft_vocab <= v):
         raise ValueError(f"draft_vocab must be an integer in [1, {v}] (the vocabulary size), got {draft_vocab}")
@@ -195,9 +199,11 @@ def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_n
             raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
         if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
             raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
-        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram), vocab), drafter
+        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram), vocab,
+                              int(draft_context)), drafter
     if drafter == "self":
-        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram), vocab), None
+        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram), vocab,
+                              int(draft_context)), None
     if drafter == "lookup":
         return DR.DrafterSpec("lookup", None, ngram=ngram, min_ngram=int(min_ngram)), None
     raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
@@ -265,6 +271,7 @@ def prepare(
     mix_lookup: int = 0,
     draft_stop: float = 0.0,
     draft_vocab: int | None = None,
+    draft_context: int = 0,
     verify_widths: Sequence[int] | None = None,
     prefill_dtype: str = "float32",
     max_new_tokens: int = 128,
@@ -290,7 +297,8 @@ def prepare(
             raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
-        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram, draft_vocab)
+        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram, draft_vocab,
+                                                    draft_context)
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
                             int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
                             bool(lossless), mesh)
@@ -369,7 +377,10 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     a model (or self) drafter proposes only token ids below this, and on the CPU kernel
     reads only those rows of its LM head (Qwen's 151936-row head is over a quarter of
     the 0.5B's bytes); output is unchanged, acceptance drops where the target picks a
-    higher id (default None: the whole vocabulary).
+    higher id (default None: the whole vocabulary). draft_context: a model (or self)
+    drafter sees only the prompt's first 4 and last `draft_context` tokens, so its
+    prefill costs at most that many tokens; output is unchanged, acceptance drops where
+    drafting needs the cut middle (default 0: the whole prompt).
     verify_widths: narrower windows the full (and slim) passes are also compiled
     for; each round runs the narrowest that holds its tokens (default: 1 for
     prompt lookup, gamma + 2 in via mode; () = always the full window).

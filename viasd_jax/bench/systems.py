@@ -37,7 +37,8 @@ PEERS = ("hf-ar", "hf-assisted", "hf-lookup")
 ALL_SYSTEMS = OURS + PEERS
 NEEDS_DRAFTER = ("viasd-sd", "viasd-via", "viasd-via-lossless", "hf-assisted")
 ENGINE_OPTIONS = ("drafter", "gamma", "route", "self_route", "tau_accept", "tau_slim", "pending_bound", "lookup_gamma",
-                  "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "verify_widths", "prefill_dtype")
+                  "ngram", "min_ngram", "mix_lookup", "draft_stop", "draft_vocab", "draft_context",
+                  "verify_widths", "prefill_dtype")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 MODEL_OPTIONS = ("layout", "drafter_layout", "quantize", "drafter_quantize", "dtype", "drafter_dtype", "products",
                  "drafter_products")
@@ -161,7 +162,7 @@ def _our_options(base: str, drafter, o: dict) -> dict:
         drafter = o["drafter"]
     sampling = {k: o[k] for k in SAMPLING_OPTIONS if k in o}
     engine = {k: o[k] for k in ("gamma", "route", "tau_accept", "tau_slim", "pending_bound", "verify_widths") if k in o}
-    model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "draft_vocab", "ngram", "min_ngram") if k in o}
+    model_draft = {k: o[k] for k in ("mix_lookup", "draft_stop", "draft_vocab", "draft_context", "ngram", "min_ngram") if k in o}
     per_system = {
         "viasd-ar": dict(mode="ar"),
         "viasd-sd": dict(mode="sd", drafter=drafter, **engine, **model_draft),
