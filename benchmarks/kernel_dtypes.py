@@ -13,7 +13,9 @@ The last two multiply the codes by activations quantized to int8 (`products="int
 GB/s counts the bytes each path streams (codes, scales and mins included).
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
 float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and as
-its codes against int8-quantized activations (`products="int8"`, lossy), with the
+its codes against int8-quantized activations (`products="int8"`, lossy) and with both
+operands rounded to bfloat16 (`products="bfloat16"`, what `prefill_dtype="bfloat16"`
+does in prefill; lossy), with the
 arithmetic rate of the layers' matrix products (2 flops per weight and token; with
 `--prefill`, prompt chunks as prefill runs them).
 Part 3 (with `--drafter`) times cached forwards of `--tokens` new tokens (1: a
@@ -125,7 +127,8 @@ def main():
         print("|---|---:|---:|---:|---:|")
         times = {}
         for label, quantize, products in (("float32", None, None), ("gguf codes", "gguf", None),
-                                          ("gguf codes, int8 products", "gguf", "int8")):
+                                          ("gguf codes, int8 products", "gguf", "int8"),
+                                          ("gguf codes, bfloat16 products", "gguf", "bfloat16")):
             target = viasd_jax.load(args.target, quantize=quantize, products=products)
             if label == "float32":  # weights the layers multiply per token (the head only for the last)
                 layer_weights = sum(x.size for x in jax.tree.leaves(target.params.layers))

@@ -183,12 +183,14 @@ def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
         assert not part[live:].any()
 
 
+@pytest.mark.parametrize("k", [1100, 77], ids=["even-k", "odd-k"])
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
-def test_bfloat16_products_round_both_operands(dtype):
+def test_bfloat16_products_round_both_operands(dtype, k):
     """products="bfloat16" (prefill_dtype): x and float32 weights are rounded to bfloat16
     (with AVX-512 BF16; without it float32 weights stay as they are) and the products
     summed in float32: the numpy product of the rounded operands, not the float32 one,
-    and a row's result does not depend on how many rows share the call."""
+    and a row's result does not depend on how many rows share the call. An odd K leaves
+    a last k without its pair (the pair path multiplies k two at a time)."""
     import jax
     import jax.numpy as jnp
     import ml_dtypes
@@ -197,8 +199,8 @@ def test_bfloat16_products_round_both_operands(dtype):
 
     rng = np.random.default_rng(3)
     # 101 rows of x: tiles of 16 in pairs and one alone; 150 of W: chunks of 64 and a part
-    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 150, 1100)).astype(np.float32),
-                                   rng.standard_normal((101, 1100)).astype(np.float32))
+    x, w, scale = _kernel_operands(rng, dtype, rng.standard_normal((2, 150, k)).astype(np.float32),
+                                   rng.standard_normal((101, k)).astype(np.float32))
     call = jax.jit(lambda x, w: cpu_matvec.matvec(x, w, jnp.int32(1), None, scale, products="bfloat16"))
     got = np.asarray(call(jnp.asarray(x), jnp.asarray(w)))
     rounds_w = w.dtype == np.float32 and "avx512_bf16" in cpu_matvec._cpu_flags()

@@ -371,17 +371,13 @@ const uint16_t* rounded_bf16(const float* w, int64_t size) {
 
 // `rows` for one chunk. int8 weights against bfloat16 activations convert each weight in
 // registers for up to 9 rows; for more (prefill) the chunk is converted once and takes
-// the bfloat16 path, which adds the same products in the same order. float32 weights
-// against bfloat16 activations are rounded to bfloat16 per chunk, whatever M.
+// the bfloat16 path, which adds the same products in the same order. (float32 weights
+// against bfloat16 activations, `products="bfloat16"`, take `run_pairs` instead.)
 template <typename T, typename X>
 void chunk_rows(const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>) {
-    rows(rounded_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
-  } else {
-    if constexpr (std::is_same_v<T, int8_t> && std::is_same_v<X, uint16_t>)
-      if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
-    rows(w, x, y, M, K, N, n0, n1);
-  }
+  if constexpr (std::is_same_v<T, int8_t> && std::is_same_v<X, uint16_t>)
+    if (M > 9) return rows(as_bf16(w + n0 * K, (n1 - n0) * K), x, y + n0, M, K, N, 0, n1 - n0);
+  rows(w, x, y, M, K, N, n0, n1);
 }
 
 // y[m, n] *= scale[n] for rows [n0, n1) (int8 weights, once each output is summed).
@@ -389,6 +385,117 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
 }
+
+#if defined(__AVX512BF16__)
+// ---- prefill's bfloat16 products (`products="bfloat16"`) without AMX ----
+// The dot-product sweeps above sum each output along k in 16 lanes, then add the lanes;
+// with prefill's many rows those lane sums and the partial sums kept between K blocks
+// cost about as much as the products (the sweeps reached about half of vdpbf16ps's rate
+// on an AMD EPYC). Here x is laid out once per call as bfloat16 pairs, a vector holding
+// one pair of 16 rows, and each pair of a W row is broadcast against them: every lane is
+// one output, summed along k pair after pair with no lane sums (about 90% of the rate in
+// a harness). A row's result depends only on its own x and W, whatever M.
+
+// x [M, K] as pairs: word (p, m) = (x[m, 2p], x[m, 2p + 1]) in `words [P][Mp]` (P =
+// ceil(K / 2), Mp = M rounded up to 16 with zero rows; an odd K's last pair has a zero
+// high half).
+struct PairsX {
+  const uint32_t* words;
+  int64_t M, Mp, K;
+};
+
+inline __m512i lane_times(int64_t stride) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(int32_t(stride)));
+}
+
+inline __mmask16 first_lanes(int64_t n) { return n >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+PairsX pairs_of(const uint16_t* x, int64_t M, int64_t K) {
+  thread_local std::vector<uint32_t> buf;  // the calling thread waits for every chunk
+  const int64_t P = (K + 1) / 2, full = K / 2, Mp = (M + kLanes - 1) / kLanes * kLanes;
+  buf.resize(P * Mp);
+  const __m512i down = lane_times(2 * K);  // bytes from one row to the next
+  for (int64_t m0 = 0; m0 < Mp; m0 += kLanes) {
+    const __mmask16 live = first_lanes(M - m0);
+    for (int64_t p = 0; p < full; ++p)
+      _mm512_storeu_si512(buf.data() + p * Mp + m0,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, down, x + m0 * K + 2 * p, 1));
+    if (K % 2)
+      for (int64_t i = 0; i < kLanes; ++i) buf[full * Mp + m0 + i] = m0 + i < M ? x[(m0 + i) * K + K - 1] : 0u;
+  }
+  return {buf.data(), M, Mp, K};
+}
+
+// tile[(n + r) * Mp + m] for R rows of W (bfloat16, row-major, K each) from row n and V
+// vectors of x rows from m0.
+template <int R, int V>
+void pairs_block(const uint16_t* w, const PairsX& x, float* tile, int64_t n, int64_t m0) {
+  __m512 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  const int64_t K = x.K, full = K / 2;
+  const uint32_t* xp = x.words + m0;
+  const uint16_t* wr = w + n * K;
+  auto step = [&](auto pair_of_row) {
+    __m512bh xv[V];
+    for (int v = 0; v < V; ++v) std::memcpy(&xv[v], xp + v * kLanes, sizeof xv[v]);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh wb = (__m512bh)_mm512_set1_epi32(pair_of_row(r));
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
+    }
+  };
+  for (int64_t p = 0; p < full; ++p, xp += x.Mp)
+    step([&](int r) {
+      int32_t pair;
+      std::memcpy(&pair, wr + r * K + 2 * p, sizeof pair);
+      return pair;
+    });
+  if (K % 2) step([&](int r) { return int32_t(wr[r * K + K - 1]); });  // high half zero, as in x
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(tile + (n + r) * x.Mp + m0 + v * kLanes, acc[r][v]);
+}
+
+constexpr int kPairRows = 6;  // rows of W per block: 6 x 4 accumulators, 4 x vectors and a broadcast
+constexpr int kPairVecs = 4;  // vectors of 16 x rows per block
+
+template <int V, int... Rs>
+constexpr auto pairs_table(std::integer_sequence<int, Rs...>) {
+  return std::array<void (*)(const uint16_t*, const PairsX&, float*, int64_t, int64_t), sizeof...(Rs)>{
+      &pairs_block<Rs + 1, V>...};
+}
+
+// y[m, j] for the `rows` rows of W at `w` (y at their first column) and every row of x.
+// The block writes a tile ([row][m], contiguous) that is copied into y after: y's rows
+// are N floats apart, and writing 16 of them per vector thrashes L1 when N is a power of two.
+void pairs_rows(const uint16_t* w, const PairsX& x, float* y, int64_t N, int64_t rows) {
+  static constexpr auto t1 = pairs_table<1>(std::make_integer_sequence<int, kPairRows>{});
+  static constexpr auto t2 = pairs_table<2>(std::make_integer_sequence<int, kPairRows>{});
+  static constexpr auto t3 = pairs_table<3>(std::make_integer_sequence<int, kPairRows>{});
+  static constexpr auto t4 = pairs_table<4>(std::make_integer_sequence<int, kPairRows>{});
+  thread_local std::vector<float> tile;
+  tile.resize(rows * x.Mp);
+  for (int64_t m0 = 0; m0 < x.Mp; m0 += kPairVecs * kLanes) {
+    const int64_t vecs = std::min<int64_t>((x.Mp - m0) / kLanes, kPairVecs);
+    const auto& table = vecs == 4 ? t4 : vecs == 3 ? t3 : vecs == 2 ? t2 : t1;
+    for (int64_t n = 0; n < rows; n += kPairRows) table[std::min<int64_t>(rows - n, kPairRows) - 1](w, x, tile.data(), n, m0);
+  }
+  for (int64_t m = 0; m < x.M; ++m)
+    for (int64_t j = 0; j < rows; ++j) y[m * N + j] = tile[j * x.Mp + m];
+}
+
+// bfloat16 x against W's rows as bfloat16: `chunk(n0, n1)` gives rows [n0, n1) of W as a
+// row-major bfloat16 buffer (rounded or converted per chunk); `scale` as in `run`.
+template <typename Chunk>
+void run_pairs(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
+               const float* scale = nullptr) {
+  const PairsX xp = pairs_of(x, M, K);
+  parallel_chunks(pool, N, [&chunk, &xp, y, M, N, scale](int64_t n0, int64_t n1) {
+    pairs_rows(chunk(n0, n1), xp, y + n0, N, n1 - n0);
+    if (scale) apply_scale(scale, y, M, N, n0, n1);
+  });
+}
+#endif
 
 // bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
 // `products="bfloat16"` path of prefill where `viasd::amx_bf16_available()`.
@@ -416,12 +523,17 @@ template <typename T, typename X>
 void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int64_t K, int64_t N,
          const float* scale = nullptr) {
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>)
-    if (viasd::amx_bf16_available()) return run_amx(pool, rows_of(w, K), x, y, M, K, N);  // products in bfloat16
-  parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
-    chunk_rows(w, x, y, M, K, N, n0, n1);
-    if (scale) apply_scale(scale, y, M, N, n0, n1);
-  });
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>) {  // products in bfloat16
+    if (viasd::amx_bf16_available()) return run_amx(pool, rows_of(w, K), x, y, M, K, N);
+#if defined(__AVX512BF16__)
+    run_pairs(pool, [w, K](int64_t n0, int64_t n1) { return rounded_bf16(w + n0 * K, (n1 - n0) * K); }, x, y, M, K, N);
+#endif
+  } else {
+    parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
+      chunk_rows(w, x, y, M, K, N, n0, n1);
+      if (scale) apply_scale(scale, y, M, N, n0, n1);
+    });
+  }
 }
 
 // The operands' sizes, checked: x [M, K] against w [Nw, K] or [L, Nw, K] at `layer`, of
@@ -526,6 +638,9 @@ ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q,
 #if defined(__AVX512BF16__)
     if (bf16_products && viasd::amx_bf16_available())
       run_amx(pool, rows_of(ql, s.K), static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+    else if (bf16_products)
+      run_pairs(pool, [ql, K = s.K](int64_t n0, int64_t n1) { return as_bf16(ql + n0 * K, (n1 - n0) * K); },
+                static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
     else
       run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
 #else
@@ -680,15 +795,13 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
 
 #if defined(__AVX512BF16__)
 // bfloat16 activations (`products="bfloat16"`): each chunk's float32 weights, made as
-// above, are rounded to bfloat16 and take the dot-product path, whatever M.
+// above, are rounded to bfloat16 and multiplied as pairs (`run_pairs`), whatever M.
 template <bool Nibbles>
 void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float* y, int64_t M, int64_t N) {
   if (viasd::amx_bf16_available())  // on AMX tiles, whatever M (as `run`)
     return run_amx(pool, [&b](int64_t n) { return dequantized<Nibbles>(b, n, n + 1); }, x, y, M, b.K, N);
-  parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
-    const uint16_t* w = rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K);
-    rows(w, x, y + n0, M, b.K, N, 0, n1 - n0);
-  });
+  run_pairs(pool, [&b](int64_t n0, int64_t n1) { return rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K); },
+            x, y, M, b.K, N);
 }
 #endif
 
