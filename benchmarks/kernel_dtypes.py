@@ -3,14 +3,17 @@
 Part 1 times `cpu_matvec.matvec` over every layer of a stacked weight shaped like the
 real models' largest matrices (Qwen2.5-Coder-1.5B's MLP, 28 x 8960 x 1536, and the
 0.5B's, 24 x 4864 x 896) for a few activation-row counts (best of `--repeats`), in
-seven kernel paths: float32; bfloat16 weights widened against float32 activations;
+ten kernel paths: float32; bfloat16 weights widened against float32 activations;
 bfloat16 weights and activations (the dot-product path a bfloat16 model takes); int8
 weights (per-row scales) against float32 activations; int8 weights against bfloat16
 activations (converted to bfloat16 for the dot product); GGUF k-quant codes against
 float32 activations (`matvec_blocks`), two per byte (Q4_K, 0.75 bytes per weight with
 their scales and mins) and one per byte (Q6_K, 1.25 bytes per weight with their scales).
-The last two multiply the codes by activations quantized to int8 (`products="int8"`).
-GB/s counts the bytes each path streams (codes, scales and mins included).
+Two more multiply the codes by activations quantized to int8 (`products="int8"`), and
+the last float32 weights with both operands rounded to bfloat16 (`products="bfloat16"`,
+prefill's option: the pair path of `run_pairs` where the CPU has AVX-512 BF16 but no AMX).
+GB/s counts the bytes each path streams (codes, scales and mins included). `--peers`
+times torch's bfloat16 and numpy's float32 products of the same shape for comparison.
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
 float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and as
 its codes against int8-quantized activations (`products="int8"`, lossy) and with both
@@ -25,7 +28,7 @@ forward (float32 unless `--target-quantize` / `--target-products`): for 1 token,
 the bench header prints it.
 Usage:
 
-    python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9]
+    python benchmarks/kernel_dtypes.py [--rows 1,2,5,9,64] [--repeats 9] [--peers]
         [--gguf [--prefill]] [--drafter qwen2.5-coder-0.5b --target qwen2.5-coder-1.5b --tokens 1,5,64]
         [--drafter-kinds "int8 over bfloat16,q4 codes x int8" --target-quantize gguf --target-products int8]
 """
@@ -51,6 +54,7 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "gguf bytes": ("bytes", jnp.float32),
     "gguf nibbles x int8": ("nibbles", "int8"),
     "gguf bytes x int8": ("bytes", "int8"),
+    "f32 w, bf16 products": (jnp.float32, "bf16 products"),  # what prefill_dtype="bfloat16" multiplies
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
             "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf"),
@@ -73,7 +77,9 @@ def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
                 sum(a.nbytes for a in jax.tree.leaves(w)))
     w = jnp.ones((layers, n, k), w_dtype)
     scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
-    return w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale), w.nbytes + (scale.nbytes if scale is not None else 0)
+    products = "bfloat16" if x_dtype == "bf16 products" else None
+    return (w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale, products=products),
+            w.nbytes + (scale.nbytes if scale is not None else 0))
 
 
 def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
@@ -82,7 +88,7 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
     would run side by side on XLA's threads, each then on one thread)."""
     w_dtype, x_dtype = dtypes
     w, product, nbytes = weights_and_product(layers, n, k, w_dtype, x_dtype)
-    x = jnp.ones((rows, k), jnp.float32 if x_dtype == "int8" else x_dtype)
+    x = jnp.ones((rows, k), jnp.float32 if x_dtype in ("int8", "bf16 products") else x_dtype)
     every_layer = jax.jit(lambda x, w: jax.lax.fori_loop(0, layers, lambda i, s: s + product(x, w, i)[0, 0], 0.0))
     every_layer(x, w).block_until_ready()
     best = float("inf")
@@ -91,6 +97,27 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
         every_layer(x, w).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return best, nbytes / best / 1e9
+
+
+def peer_rates(rows: int, n: int, k: int, repeats: int) -> None:
+    """GFLOP/s of one `[rows, k] x [k, n]` product in torch (bfloat16; oneDNN on CPU) and
+    numpy (float32; its BLAS) on this process's threads: what the CPU gives libraries."""
+    import numpy as np
+    import torch
+
+    def best(f):
+        f()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return 2 * rows * n * k / min(times) / 1e9
+
+    a, b = torch.rand(rows, k, dtype=torch.bfloat16), torch.rand(k, n, dtype=torch.bfloat16)
+    x, w = np.random.rand(rows, k).astype(np.float32), np.random.rand(k, n).astype(np.float32)
+    print(f"\npeers, [{rows}, {k}] x [{k}, {n}] on {torch.get_num_threads()} torch threads: torch bfloat16 "
+          f"{best(lambda: a @ b):.0f} GFLOP/s, numpy float32 {best(lambda: x @ w):.0f} GFLOP/s")
 
 
 def main():
@@ -106,6 +133,8 @@ def main():
     ap.add_argument("--target-quantize", default=None, help="the target that drafter costs divide by (e.g. gguf)")
     ap.add_argument("--target-products", default=None, help="its products (e.g. int8, with --target-quantize gguf)")
     ap.add_argument("--tokens", default="1,5,64", help="new tokens per timed drafter forward")
+    ap.add_argument("--peers", action="store_true",
+                    help="also time torch's bfloat16 and numpy's float32 product of the 1.5B MLP's shape at each --rows")
     args = ap.parse_args()
 
     names = args.paths.split(",")
@@ -118,6 +147,11 @@ def main():
             cells = " | ".join(f"{t * 1e3:.1f} | {g:.1f}" for t, g in got)
             ratios = " | ".join(f"{got[0][0] / t:.2f}" for t, _ in got[1:])
             print(f"| {name} | {rows} | {cells} | {ratios} |")
+
+    if args.peers:
+        for rows in (int(r) for r in args.rows.split(",")):
+            _, n, k = SHAPES["1.5B MLP"]
+            peer_rates(rows, n, k, args.repeats)
 
     import viasd_jax
     from viasd_jax.bench import costs

@@ -113,8 +113,22 @@ def test_a_windowed_drafter_is_lossless(target, near_drafter, which):
     assert via.tokens == ar
 
 
+@pytest.fixture
+def float32_drafter_prefill(monkeypatch):
+    """A model drafter prefilling on float32 products, as its rounds compute (programs
+    traced before or under the patch are dropped)."""
+    from viasd_jax import decode as D
+
+    jax.clear_caches()
+    monkeypatch.setattr(D, "_bf16_dot_products", lambda: False)
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("new_tokens", [0, 20], ids=["after-prefill", "after-rounds"])
-def test_a_windowed_drafters_cache_is_its_view_of_the_sequence(target, near_drafter, new_tokens):
+def test_a_windowed_drafters_cache_is_its_view_of_the_sequence(target, near_drafter, new_tokens,
+                                                               float32_drafter_prefill):
     """The drafter's cache holds exactly what a fresh drafter computes over the cut
     sequence (the first SINK tokens, then the tail), after prefill and after rounds of
     drafting, rollback and catch-up: positions count along the cut sequence."""
@@ -170,6 +184,30 @@ def test_bfloat16_prefill_keeps_sd_equal_to_ar(target, near_drafter, which):
     f32, bf16 = caches["float32"], caches["bfloat16"]
     assert not np.array_equal(f32, bf16)
     np.testing.assert_allclose(bf16, f32, atol=0.05 * np.abs(f32).max())
+
+
+def test_a_model_drafters_prefill_takes_bfloat16_products_where_the_cpu_has_them(target, near_drafter):
+    """A model drafter's prompt only shapes proposals, so under the default float32
+    prefill it still multiplies in bfloat16 where the CPU does that in hardware (its
+    cache then differs from float32's by bfloat16 rounding), while the target's prefill
+    stays float32 bit for bit."""
+    from viasd_jax import decode as D
+    from viasd_jax.cpu_matvec import bf16_dot_products
+    from viasd_jax.generate import prepare
+
+    def prefilled(model, **kw):
+        p = prepare(model, PROMPTS, max_new_tokens=4, **kw)
+        return D.prefill_program(p.params, p.state, config=D.prefill_config(p.config), width=p.prefill_width)
+
+    sd = prefilled(target, drafter=near_drafter, mode="sd")
+    np.testing.assert_array_equal(np.asarray(sd.cache.k), np.asarray(prefilled(target, mode="ar").cache.k))
+    drafter_alone = np.asarray(prefilled(near_drafter, mode="ar").cache.k)  # float32 products
+    drafter_k = np.asarray(sd.draft_cache.k)
+    if bf16_dot_products():
+        assert not np.array_equal(drafter_k, drafter_alone)
+        np.testing.assert_allclose(drafter_k, drafter_alone, atol=0.05 * np.abs(drafter_alone).max())
+    else:
+        np.testing.assert_array_equal(drafter_k, drafter_alone)
 
 
 def test_prefill_dtype_is_checked(target, hf_dirs):

@@ -178,7 +178,8 @@ def prefill(state: DecodeState, params: EngineParams, config: EngineConfig, widt
     With `config.prefill_dtype` "bfloat16" the CPU kernel's products round both operands
     to bfloat16 (twice float32's multiply-adds per second): the prompt's K/V then differ
     from float32's by that rounding, for every mode alike, so sd still equals ar token for
-    token under the same setting; the rounds run as configured."""
+    token under the same setting; the rounds run as configured. A model drafter takes
+    bfloat16 products either way where the CPU has them (`_prefill_products`)."""
     count = jnp.maximum(state.prompt_len - 1, 0)
     d_params, d_cfg = _drafter_model(params, config) if state.draft_cache is not None else (None, None)
     params, d_params = _prefill_products(params, d_params, config.prefill_dtype)
@@ -204,15 +205,24 @@ def _prefill_model(params: Params, cfg: ModelConfig, route, tokens, count, cache
 
 
 def _prefill_products(params: EngineParams, d_params, prefill_dtype: str):
-    """The target's (and a kernel drafter's) params multiplying as `prefill_dtype` asks."""
-    if prefill_dtype == "float32":
-        return params, d_params
-    target = with_products(params.target, prefill_dtype)
+    """The target's params multiplying as `prefill_dtype` asks, and a drafter's: a self
+    drafter's are the target's; a model drafter on the CPU kernel takes bfloat16 products
+    whatever `prefill_dtype`, where the CPU multiplies bfloat16 in hardware, since its
+    prompt only shapes proposals that the target verifies (about twice float32's rate, and
+    for an int8 drafter over bfloat16 activations the same roundings as its own path)."""
+    target = params.target if prefill_dtype == "float32" else with_products(params.target, prefill_dtype)
     if d_params is params.target:  # a self drafter
         d_params = target
-    elif d_params is not None and layout_of(d_params) == "cpu-kernel":
-        d_params = with_products(d_params, prefill_dtype)
+    elif d_params is not None and layout_of(d_params) == "cpu-kernel" and (
+            prefill_dtype != "float32" or _bf16_dot_products()):
+        d_params = with_products(d_params, "bfloat16")
     return dataclasses.replace(params, target=target), d_params
+
+
+def _bf16_dot_products() -> bool:
+    from viasd_jax.cpu_matvec import bf16_dot_products
+
+    return bf16_dot_products()
 
 
 def _draft(state: DecodeState, params: EngineParams, config: EngineConfig, key, live):

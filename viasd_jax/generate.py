@@ -388,7 +388,9 @@ def generate(target: Model, prompts, **options) -> GenerateResult:
     rounded to bfloat16 on the CPU kernel (float32 accumulation; about twice as fast on
     CPUs with AVX-512 BF16, prefill being compute-bound). Lossy against the float32
     prefill (the prompt's K/V carry the rounding); the rounds are unchanged, so sd
-    still equals ar under the same setting. Default "float32".
+    still equals ar under the same setting. Default "float32". (A model drafter on the
+    CPU kernel prefills with bfloat16 products either way where the CPU has AVX-512 BF16:
+    its prompt only shapes proposals.)
     route: the slim verifier's route (layer indices, a `Route` or a route.json path;
     default: the checkpoint's calibrated route, else a hand-picked 40% block skip).
     tau_accept / tau_slim: tier thresholds in [0, 1]. lossless: re-check pending
