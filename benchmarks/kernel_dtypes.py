@@ -54,7 +54,7 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "gguf bytes": ("bytes", jnp.float32),
     "gguf nibbles x int8": ("nibbles", "int8"),
     "gguf bytes x int8": ("bytes", "int8"),
-    "f32 w, bf16 products": (jnp.float32, "bf16 products"),  # what prefill_dtype="bfloat16" multiplies
+    "bf16 products": (jnp.float32, "bf16 products"),  # float32 w as prefill_dtype="bfloat16" multiplies it
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
             "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf"),
