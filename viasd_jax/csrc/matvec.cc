@@ -390,11 +390,12 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
 // ---- prefill's bfloat16 products (`products="bfloat16"`) without AMX ----
 // The dot-product sweeps above sum each output along k in 16 lanes, then add the lanes;
 // with prefill's many rows those lane sums and the partial sums kept between K blocks
-// cost about as much as the products (the sweeps reached about half of vdpbf16ps's rate
+// cost about as much as the products (the sweeps reached 61% of oneDNN's bfloat16 rate
 // on an AMD EPYC). Here x is laid out once per call as bfloat16 pairs, a vector holding
 // one pair of 16 rows, and each pair of a W row is broadcast against them: every lane is
-// one output, summed along k pair after pair with no lane sums (about 90% of the rate in
-// a harness). A row's result depends only on its own x and W, whatever M.
+// one output, summed along k pair after pair with no lane sums (93% of oneDNN's rate at
+// 256 rows: `benchmarks/kernel_dtypes.py --peers`). A row's result depends only on its
+// own x and W, whatever M.
 
 // x [M, K] as pairs: word (p, m) = (x[m, 2p], x[m, 2p + 1]) in `words [P][Mp]` (P =
 // ceil(K / 2), Mp = M rounded up to 16 with zero rows; an odd K's last pair has a zero
