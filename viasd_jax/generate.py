@@ -199,11 +199,10 @@ def _drafter_spec(target: Model, drafter, ngram: int, mix_lookup: int = 0, min_n
             raise ValueError(f"drafter vocab size {d} differs from the target's {t}: they must share a tokenizer")
         if target.eos_ids and drafter.eos_ids and set(target.eos_ids) != set(drafter.eos_ids):
             raise ValueError(f"drafter EOS ids {list(drafter.eos_ids)} differ from the target's {list(target.eos_ids)}")
-        return DR.DrafterSpec("model", drafter.config, ngram, int(mix_lookup), int(min_ngram), vocab,
-                              int(draft_context)), drafter
-    if drafter == "self":
-        return DR.DrafterSpec("self", target.config, ngram, int(mix_lookup), int(min_ngram), vocab,
-                              int(draft_context)), None
+    if isinstance(drafter, Model) or drafter == "self":
+        model = drafter if isinstance(drafter, Model) else None
+        kind, cfg = ("self", target.config) if model is None else ("model", model.config)
+        return DR.DrafterSpec(kind, cfg, ngram, int(mix_lookup), int(min_ngram), vocab, int(draft_context)), model
     if drafter == "lookup":
         return DR.DrafterSpec("lookup", None, ngram=ngram, min_ngram=int(min_ngram)), None
     raise ValueError(f"drafter must be a loaded Model, 'self' or 'lookup', got {drafter!r} "
@@ -297,8 +296,7 @@ def prepare(
             raise ValueError(f"mode {mode!r} needs a drafter: a Model, 'self' or 'lookup'")
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
-        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram, draft_vocab,
-                                                    draft_context)
+        spec, drafter_model = _drafter_spec(target, drafter, ngram, mix_lookup, min_ngram, draft_vocab, draft_context)
     config = D.EngineConfig(target.config, mode, spec, int(gamma),
                             int(2 * gamma if pending_bound is None else pending_bound) if mode == "via" else 0,
                             bool(lossless), mesh)
