@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "int8": "int8"}
-    print("| model | projections | weights | rows | separate ms | fused ms | fused speedup | share of a layer's bytes |")
+    print("| model | projections | weights | rows | separate ms | fused ms | fused speedup "
+          "| share of a layer's bytes |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for model in args.models.split(","):
         layers, d, q, kv, f = MODELS[model]

@@ -50,9 +50,10 @@ def bound_rows(summary: dict, sd_name: str | None = None) -> list[dict]:
             continue
         via, sd = per_token(s), per_token(summary[twin])
         settled = 1 - via["full_passes"] / via["rounds"]  # rounds that ran no full pass
+        bound = max(sd["drafted"] / via["drafted"], sd["full_passes"] / via["full_passes"])
         rows.append({"via": name, "sd": twin, "d_sd": sd["drafted"], "d_via": via["drafted"],
                      "f_sd": sd["full_passes"], "f_via": via["full_passes"], "slim": via["slim_passes"],
-                     "settled": settled, "bound": max(sd["drafted"] / via["drafted"], sd["full_passes"] / via["full_passes"]),
+                     "settled": settled, "bound": bound,
                      "measured": s["decode_tok_s"] / summary[twin]["decode_tok_s"],
                      "agreement": s["agreement"], "rejection": s["rejection_rate"],
                      "rejection_sd": summary[twin]["rejection_rate"]})
@@ -70,8 +71,9 @@ def main():
     if not rows:
         raise SystemExit(f"{args.json}: no viasd-via system with a matching viasd-sd system "
                          f"(systems: {', '.join(summary)})")
-    print("| via system | drafted/token sd, via | full passes/token sd, via | slim passes/token | rounds without a full pass "
-          "| bound with a free slim pass | measured via/sd (decoding) | rejection sd, via | agreement |")
+    print("| via system | drafted/token sd, via | full passes/token sd, via | slim passes/token "
+          "| rounds without a full pass | bound with a free slim pass | measured via/sd (decoding) "
+          "| rejection sd, via | agreement |")
     print("|---|---|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['via']} | {r['d_sd']:.3f}, {r['d_via']:.3f} | {r['f_sd']:.3f}, {r['f_via']:.3f} | {r['slim']:.3f} "

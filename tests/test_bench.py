@@ -217,3 +217,32 @@ def test_bench_dtype_override_copies_both_models(pair):
     assert sd16.run(prompt, 8).tokens == ar16.run(prompt, 8).tokens  # lossless against its own (bfloat16) target
     with pytest.raises(ValueError, match="dtype override 'int4'"):
         make_systems(["viasd-ar@dtype=int4"], t, target, "float32")
+
+
+def test_via_bound_pairs_each_via_system_with_its_sd_twin_and_takes_the_larger_ratio():
+    """`benchmarks/via_bound.py`: the free-slim bound is max(d_sd / d_via, f_sd / f_via)
+    per committed token, and a via system's tier options do not hide its sd twin."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "via_bound.py")
+    spec = importlib.util.spec_from_file_location("via_bound", path)
+    vb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vb)
+
+    def system(drafted, full, slim, rounds, tok_s, tokens=100):
+        counters = {"drafted": drafted, "full_passes": full, "slim_passes": slim, "rounds": rounds}
+        return {"counters": counters, "new_tokens": tokens, "decode_tok_s": tok_s, "agreement": 0.9,
+                "rejection_rate": 0.2}
+
+    summary = {"viasd-sd@gamma=4:quantize=gguf": system(90, 30, 0, 30, 20.0),
+               "viasd-via@gamma=4:tau_accept=0.5:quantize=gguf:tau_slim=0.3": system(100, 20, 32, 32, 10.0),
+               "viasd-via@gamma=3": system(80, 25, 28, 28, 9.0)}  # no sd twin: left out
+    assert vb.sd_twin("viasd-via@gamma=4:tau_accept=0.5:quantize=gguf:tau_slim=0.3") == "viasd-sd@gamma=4:quantize=gguf"
+    assert vb.sd_twin("viasd-via@tau_slim=0.3") == "viasd-sd"
+    (row,) = vb.bound_rows(summary)
+    assert row["bound"] == pytest.approx(max(90 / 100, 30 / 20))
+    assert row["settled"] == pytest.approx(1 - 20 / 32)
+    assert row["measured"] == pytest.approx(0.5)
+    halved = {"viasd-sd": system(120, 30, 0, 30, 20.0), "viasd-via": system(60, 29, 30, 30, 9.0)}
+    (drafting_bound,) = vb.bound_rows(halved)
+    assert drafting_bound["bound"] == pytest.approx(2.0)  # via drafting half as much bounds it at 2x
