@@ -16,7 +16,7 @@ the counters. If that bound is below the issue's 1.2x, no cheaper slim pass can 
 tiers (fewer full passes per token) could, and that is what the thresholds trade
 against agreement (printed next to it).
 
-    python benchmarks/via_bound.py runs/epyc-48.json
+    python benchmarks/via_bound.py runs/epyc-48.json [more.json ...] [--plot bound.png]
 """
 
 from __future__ import annotations
@@ -60,17 +60,45 @@ def bound_rows(summary: dict, sd_name: str | None = None) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], path: str, goal: float = 1.2) -> None:
+    """Via against sd over agreement: the free-slim bound and the measured ratio per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    agreement = [r["agreement"] for r in rows]
+    ax.scatter(agreement, [r["bound"] for r in rows], marker="^", label="bound with a free slim pass")
+    ax.scatter(agreement, [r["measured"] for r in rows], marker="o", label="measured (decoding)")
+    ax.axhline(goal, color="grey", linestyle="--", linewidth=1, label=f"goal: {goal}x viasd-sd")
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("agreement with the target's greedy output")
+    ax.set_ylabel("viasd-via / viasd-sd tokens per second")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", help="a viasd bench --json file")
+    ap.add_argument("json", nargs="+", help="viasd bench --json files (their via systems pooled)")
     ap.add_argument("--sd", default=None, help="pair every via system with this sd system instead of its twin")
+    ap.add_argument("--plot", default=None, help="also draw bound and measured ratio over agreement to this PNG")
     args = ap.parse_args()
-    with open(args.json) as f:
-        summary = json.load(f)["summary"]
-    rows = bound_rows(summary, args.sd)
-    if not rows:
-        raise SystemExit(f"{args.json}: no viasd-via system with a matching viasd-sd system "
-                         f"(systems: {', '.join(summary)})")
+    rows = []
+    for path in args.json:
+        with open(path) as f:
+            summary = json.load(f)["summary"]
+        found = bound_rows(summary, args.sd)
+        if not found:
+            raise SystemExit(f"{path}: no viasd-via system with a matching viasd-sd system "
+                             f"(systems: {', '.join(summary)})")
+        rows += found
+    if args.plot:
+        plot(rows, args.plot)
     print("| via system | drafted/token sd, via | full passes/token sd, via | slim passes/token "
           "| rounds without a full pass | bound with a free slim pass | measured via/sd (decoding) "
           "| rejection sd, via | agreement |")

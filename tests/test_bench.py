@@ -219,7 +219,7 @@ def test_bench_dtype_override_copies_both_models(pair):
         make_systems(["viasd-ar@dtype=int4"], t, target, "float32")
 
 
-def test_via_bound_pairs_each_via_system_with_its_sd_twin_and_takes_the_larger_ratio():
+def test_via_bound_pairs_each_via_system_with_its_sd_twin_and_takes_the_larger_ratio(tmp_path):
     """`benchmarks/via_bound.py`: the free-slim bound is max(d_sd / d_via, f_sd / f_via)
     per committed token, and a via system's tier options do not hide its sd twin."""
     import importlib.util
@@ -246,3 +246,5 @@ def test_via_bound_pairs_each_via_system_with_its_sd_twin_and_takes_the_larger_r
     halved = {"viasd-sd": system(120, 30, 0, 30, 20.0), "viasd-via": system(60, 29, 30, 30, 9.0)}
     (drafting_bound,) = vb.bound_rows(halved)
     assert drafting_bound["bound"] == pytest.approx(2.0)  # via drafting half as much bounds it at 2x
+    vb.plot([row, drafting_bound], str(tmp_path / "bound.png"))
+    assert (tmp_path / "bound.png").stat().st_size > 0
