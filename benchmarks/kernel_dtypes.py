@@ -3,7 +3,7 @@
 Part 1 times `cpu_matvec.matvec` over every layer of a stacked weight shaped like the
 real models' largest matrices (Qwen2.5-Coder-1.5B's MLP, 28 x 8960 x 1536, and the
 0.5B's, 24 x 4864 x 896) for a few activation-row counts (best of `--repeats`), in
-ten kernel paths: float32; bfloat16 weights widened against float32 activations;
+eleven kernel paths: float32; bfloat16 weights widened against float32 activations;
 bfloat16 weights and activations (the dot-product path a bfloat16 model takes); int8
 weights (per-row scales) against float32 activations; int8 weights against bfloat16
 activations (converted to bfloat16 for the dot product); GGUF k-quant codes against
@@ -11,11 +11,14 @@ float32 activations (`matvec_blocks`), two per byte (Q4_K, 0.75 bytes per weight
 their scales and mins) and one per byte (Q6_K, 1.25 bytes per weight with their scales).
 Two more multiply the codes by activations quantized to int8 (`products="int8"`), and
 the last float32 weights with both operands rounded to bfloat16 (`products="bfloat16"`,
-prefill's option: the pair path of `run_pairs` where the CPU has AVX-512 BF16 but no AMX).
+prefill's option: the pair path of `run_pairs` where the CPU has AVX-512 BF16 but no AMX),
+and "f32 along k" float32 weights as float32 prefill multiplies them (`products="float32"`:
+each output summed along k in one lane, on more than 9 rows).
 GB/s counts the bytes each path streams (codes, scales and mins included). `--peers`
 times torch's bfloat16 and numpy's float32 products of the same shape for comparison.
 Part 2 (with `--gguf`) times the target's cached forwards of `--tokens` new tokens as
-float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), and as
+float32, as its GGUF codes (`load(..., quantize="gguf")`, the same outputs), both also
+summed along k as float32 prefill multiplies them (`layout.summed_along_k`), and as
 its codes against int8-quantized activations (`products="int8"`, lossy) and with both
 operands rounded to bfloat16 (`products="bfloat16"`, what `prefill_dtype="bfloat16"`
 does in prefill; lossy), with the
@@ -36,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -55,6 +59,7 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "gguf nibbles x int8": ("nibbles", "int8"),
     "gguf bytes x int8": ("bytes", "int8"),
     "bf16 products": (jnp.float32, "bf16 products"),  # float32 w as prefill_dtype="bfloat16" multiplies it
+    "f32 along k": (jnp.float32, "f32 along k"),  # float32 w as float32 prefill multiplies it (products="float32")
 }
 DRAFTERS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
             "int8 over bfloat16": dict(dtype="bfloat16", quantize="int8"), "gguf codes": dict(quantize="gguf"),
@@ -77,7 +82,7 @@ def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
                 sum(a.nbytes for a in jax.tree.leaves(w)))
     w = jnp.ones((layers, n, k), w_dtype)
     scale = jnp.ones((layers, n), jnp.float32) if w_dtype == jnp.int8 else None
-    products = "bfloat16" if x_dtype == "bf16 products" else None
+    products = {"bf16 products": "bfloat16", "f32 along k": "float32"}.get(x_dtype)
     return (w, lambda x, w, i: cpu_matvec.matvec(x, w, i, None, scale, products=products),
             w.nbytes + (scale.nbytes if scale is not None else 0))
 
@@ -88,7 +93,7 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
     would run side by side on XLA's threads, each then on one thread)."""
     w_dtype, x_dtype = dtypes
     w, product, nbytes = weights_and_product(layers, n, k, w_dtype, x_dtype)
-    x = jnp.ones((rows, k), jnp.float32 if x_dtype in ("int8", "bf16 products") else x_dtype)
+    x = jnp.ones((rows, k), jnp.float32 if x_dtype in ("int8", "bf16 products", "f32 along k") else x_dtype)
     every_layer = jax.jit(lambda x, w: jax.lax.fori_loop(0, layers, lambda i, s: s + product(x, w, i)[0, 0], 0.0))
     every_layer(x, w).block_until_ready()
     best = float("inf")
@@ -155,15 +160,22 @@ def main():
 
     import viasd_jax
     from viasd_jax.bench import costs
+    from viasd_jax.layout import summed_along_k
 
     if args.gguf:
         print("\n| target | new tokens | ms | vs float32 | layer GFLOP/s |")
         print("|---|---:|---:|---:|---:|")
         times = {}
-        for label, quantize, products in (("float32", None, None), ("gguf codes", "gguf", None),
+        for label, quantize, products in (("float32", None, None), ("float32, summed along k", None, "float32"),
+                                          ("gguf codes", "gguf", None),
+                                          ("gguf codes, summed along k", "gguf", "float32"),
                                           ("gguf codes, int8 products", "gguf", "int8"),
                                           ("gguf codes, bfloat16 products", "gguf", "bfloat16")):
-            target = viasd_jax.load(args.target, quantize=quantize, products=products)
+            if products == "float32":  # what float32 prefill multiplies with (decode._prefill_products)
+                target = viasd_jax.load(args.target, quantize=quantize)
+                target = dataclasses.replace(target, params=summed_along_k(target.params))
+            else:
+                target = viasd_jax.load(args.target, quantize=quantize, products=products)
             if label == "float32":  # weights the layers multiply per token (the head only for the last)
                 layer_weights = sum(x.size for x in jax.tree.leaves(target.params.layers))
             for tokens in (int(t) for t in args.tokens.split(",")):

@@ -82,6 +82,11 @@ def test_kernel_is_bitwise_the_float32_kernel(kinds):
         got = np.asarray(cpu_matvec.matvec_blocks(x, b, 1, products="bfloat16"))
         want = np.asarray(cpu_matvec.matvec(x, w, 1, products="bfloat16"))
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    for m in (5, 20, 40):  # float32 prefill (summed along k): bitwise the float32 weights' product so
+        x = jnp.asarray(rng.standard_normal((m, 512)).astype(np.float32))
+        got = np.asarray(cpu_matvec.matvec_blocks(x, b, 0, products="float32"))
+        want = np.asarray(cpu_matvec.matvec(x, w, 0, products="float32"))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def int8_reference(x: np.ndarray, dense: np.ndarray) -> np.ndarray:

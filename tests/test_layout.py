@@ -216,6 +216,36 @@ def test_bfloat16_products_round_both_operands(dtype, k):
         cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w), 0, None, scale, products="float16")
 
 
+@pytest.mark.parametrize("k", [1100, 77], ids=["even-k", "odd-k"])
+def test_float32_products_sum_prefill_rows_along_k(k):
+    """products="float32" (float32 prefill on the kernel): more than 9 rows sum each
+    output along k in blocks (another order than decoding's, as accurate), each row
+    bitwise the same among 12 or 101 rows; 9 rows or fewer, and other weights, multiply
+    as without the option."""
+    import jax
+    import jax.numpy as jnp
+
+    from viasd_jax import cpu_matvec
+
+    rng = np.random.default_rng(4)
+    w = jnp.asarray(rng.standard_normal((2, 150, k)).astype(np.float32))
+    x = rng.standard_normal((101, k)).astype(np.float32)
+    call = jax.jit(lambda x, products: cpu_matvec.matvec(x, w, jnp.int32(1), products=products),
+                   static_argnames="products")
+    got = np.asarray(call(jnp.asarray(x), "float32"))
+    want = x.astype(np.float64) @ np.asarray(w[1], np.float64).T
+    dot_error = np.abs(np.asarray(call(jnp.asarray(x), None)) - want).max()
+    assert np.abs(got - want).max() <= 2 * dot_error + 1e-6
+    np.testing.assert_array_equal(got[40:52], np.asarray(call(jnp.asarray(x[40:52]), "float32")))
+    for m in (1, 5, 9):
+        np.testing.assert_array_equal(np.asarray(call(jnp.asarray(x[:m]), "float32")),
+                                      np.asarray(call(jnp.asarray(x[:m]), None)))
+    q = jnp.asarray(rng.integers(-127, 128, (2, 150, k)).astype(np.int8))
+    scale = jnp.asarray(rng.random((2, 150)).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(cpu_matvec.matvec(jnp.asarray(x), q, 1, None, scale, products="float32")),
+                                  np.asarray(cpu_matvec.matvec(jnp.asarray(x), q, 1, None, scale)))
+
+
 def test_amx_products_can_be_turned_off():
     """VIASD_AMX=0 keeps bfloat16 products on the dot-product path (to compare the two on
     a CPU with AMX tiles); the products agree with the float64 reference either way."""

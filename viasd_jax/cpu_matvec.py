@@ -123,12 +123,13 @@ def ensure() -> None:
     jax.ffi.register_ffi_target(TAKE_ROWS, jax.ffi.pycapsule(lib.ViasdTakeRows), platform="cpu")
 
 
-PRODUCTS = (None, "bfloat16", "int8")
+PRODUCTS = (None, "float32", "bfloat16", "int8")
 
 
 def _check_products(products) -> None:
     if products not in PRODUCTS:
-        raise ValueError(f"products must be None (as the operands are), 'bfloat16' or 'int8', got {products!r}")
+        raise ValueError(f"products must be None (as the operands are), 'float32', 'bfloat16' or 'int8', "
+                         f"got {products!r}")
 
 
 def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Array | int | None = None,
@@ -147,7 +148,11 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
     weights (per chunk of rows, in the kernel), and the dot-product path multiplies them
     (accumulating in float32): about twice float32's multiply-adds per second on many
     rows, for compute-bound prefill, and on AMX tiles where the CPU has them (`amx_bf16`)
-    more; without AVX-512 BF16 the weights stay float32.
+    more; without AVX-512 BF16 the weights stay float32. `products="float32"` (prefill):
+    float32 weights and x, each output summed along k in one lane when more than 9 rows
+    are live (AVX-512), at the cores' FMA rate: float32 products as exact as the default
+    path's, in another order, so a row's bits differ from a decoding step's (each row still
+    independent of the others); other weights multiply as their operands are.
     Not differentiable.
     """
     ensure()
@@ -168,7 +173,7 @@ def matvec(x: jax.Array, w: jax.Array, layer: jax.Array | int = 0, live: jax.Arr
         return call(x, w, scale.astype(jnp.float32), layer, live, bf16_products=np.int32(products == "bfloat16"))
     bf16_x = x.dtype == jnp.bfloat16 and (w.dtype == jnp.bfloat16 or products == "bfloat16")
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-    return call(x if bf16_x else x.astype(jnp.float32), w, layer, live)
+    return call(x if bf16_x else x.astype(jnp.float32), w, layer, live, along_k=np.int32(products == "float32"))
 
 
 def _rows(n: int, rows: int | None) -> int:
@@ -188,7 +193,8 @@ def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array |
     int8 per 32 values (`dx = max|x| / 127`, `xq = round(x / dx)`) and multiplied with
     the codes in integers, the scales applied per sub-block (llama.cpp's numerics,
     `csrc/int8_products.cc`): lossy against float32 products, each row's result still
-    independent of the other rows. Not differentiable.
+    independent of the other rows. `products="float32"`: as `matvec`'s (the codes' float32
+    weights, each output summed along k, on more than 9 live rows). Not differentiable.
     """
     ensure()
     _check_products(products)
@@ -201,7 +207,7 @@ def matvec_blocks(x: jax.Array, w, layer: jax.Array | int = 0, live: jax.Array |
     live = jnp.asarray(x.shape[0] if live is None else live, jnp.int32)
     x = x.astype(jnp.bfloat16 if products == "bfloat16" else jnp.float32)
     return call(x, w.codes, w.scales, w.mins, w.kinds, jnp.asarray(layer, jnp.int32), live,
-                int8_products=np.int32(products == "int8"))
+                int8_products=np.int32(products == "int8"), along_k=np.int32(products == "float32"))
 
 
 def take_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:

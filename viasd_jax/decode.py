@@ -28,7 +28,7 @@ from viasd_jax import drafters as DR
 from viasd_jax import model as M
 from viasd_jax.cache import KVCache, with_lengths
 from viasd_jax.config import ModelConfig
-from viasd_jax.layout import layout_of, with_products
+from viasd_jax.layout import layout_of, summed_along_k, with_products
 from viasd_jax.params import Params
 from viasd_jax.sampling import SamplingParams, is_greedy, log_probs, row_keys
 from viasd_jax.stopping import first_stop
@@ -209,13 +209,15 @@ def _prefill_products(params: EngineParams, d_params, prefill_dtype: str):
     drafter's are the target's; a model drafter on the CPU kernel takes bfloat16 products
     whatever `prefill_dtype`, where the CPU multiplies bfloat16 in hardware, since its
     prompt only shapes proposals that the target verifies (about twice float32's rate, and
-    for an int8 drafter over bfloat16 activations the same roundings as its own path)."""
-    target = params.target if prefill_dtype == "float32" else with_products(params.target, prefill_dtype)
+    for an int8 drafter over bfloat16 activations the same roundings as its own path).
+    float32 prefill on the CPU kernel sums each output along k (`layout.summed_along_k`):
+    every exact mode prefills so, so they stay token for token plain decoding's."""
+    float32 = prefill_dtype == "float32"
+    target = summed_along_k(params.target) if float32 else with_products(params.target, prefill_dtype)
     if d_params is params.target:  # a self drafter
         d_params = target
-    elif d_params is not None and layout_of(d_params) == "cpu-kernel" and (
-            prefill_dtype != "float32" or _bf16_dot_products()):
-        d_params = with_products(d_params, "bfloat16")
+    elif d_params is not None and layout_of(d_params) == "cpu-kernel":
+        d_params = with_products(d_params, "bfloat16") if not float32 or _bf16_dot_products() else summed_along_k(d_params)
     return dataclasses.replace(params, target=target), d_params
 
 

@@ -52,7 +52,8 @@ class OutputMajor:
     are real tokens (`cpu_matvec.matvec`). `rows` (static, kernel only, one output
     axis): the kernel reads only the first `rows` output rows (a drafter's head over
     part of the vocabulary). `products` (static, kernel only): "bfloat16" multiplies
-    with both operands rounded to bfloat16 (`cpu_matvec.matvec`; `with_products`).
+    with both operands rounded to bfloat16, "float32" sums prefill's rows along k
+    (`cpu_matvec.matvec`; `with_products`, `summed_along_k`).
     """
 
     w: object
@@ -196,6 +197,17 @@ def with_products(params, products: str | None):
         raise ValueError("products='int8' multiplies GGUF codes or q4 codes: load the model with quantize='gguf' or 'q4'")
     return jax.tree.map(lambda w: dataclasses.replace(w, products=products) if is_matrix(w) and takes(w) else w,
                         params, is_leaf=is_matrix)
+
+
+def summed_along_k(params):
+    """`params` whose kernel matrices that multiply as their operands take
+    `products="float32"` (prefill's rows: each output summed along k, `cpu_matvec.matvec`);
+    matrices with other products keep theirs. Other layouts are returned as they are."""
+    if layout_of(params) != "cpu-kernel":
+        return params
+    along_k = lambda w: isinstance(w, OutputMajor) and w.kernel and w.products is None  # noqa: E731
+    return jax.tree.map(lambda w: dataclasses.replace(w, products="float32") if along_k(w) else w, params,
+                        is_leaf=lambda w: isinstance(w, OutputMajor))
 
 
 def dense_output_major(x: jax.Array, w: OutputMajor, subscripts: str) -> jax.Array:

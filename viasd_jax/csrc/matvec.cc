@@ -17,7 +17,9 @@
 // as their dequantized float32 weights would.
 // bfloat16 activations against float32 weights or codes (the `products="bfloat16"` option
 // of prefill) round each chunk of weight rows to bfloat16 and take the dot-product path,
-// or AMX tiles where the CPU has them (`amx_bf16.cc`).
+// or AMX tiles where the CPU has them (`amx_bf16.cc`). With `along_k` (`products="float32"`,
+// prefill's rows only), float32 weights or codes against float32 x sum each output along
+// k in one lane (`FloatsBlock`): the cores' FMA rate, in another order than decoding's.
 // The library also looks up rows of 16-bit embedding tables (`take_rows`, at the end).
 
 #include <algorithm>
@@ -386,21 +388,21 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
     for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scale[n];
 }
 
-#if defined(__AVX512BF16__)
-// ---- prefill's bfloat16 products (`products="bfloat16"`) without AMX ----
+#if defined(__AVX512F__)
+// ---- prefill's products with every lane one output ----
 // The dot-product sweeps above sum each output along k in 16 lanes, then add the lanes;
 // with prefill's many rows those lane sums and the partial sums kept between K blocks
-// cost about as much as the products (the sweeps reached 61% of oneDNN's bfloat16 rate
-// on an AMD EPYC). Here x is laid out once per call as bfloat16 pairs, a vector holding
-// one pair of 16 rows, and each pair of a W row is broadcast against them: every lane is
-// one output, summed along k pair after pair with no lane sums (93% of oneDNN's rate at
-// 256 rows: `benchmarks/kernel_dtypes.py --peers`). A row's result depends only on its
-// own x and W, whatever M.
+// cost about as much as the products (the bfloat16 sweeps reached 61% of oneDNN's rate,
+// float32 about 60% of the cores' FMA rate, on an AMD EPYC). Here x is laid out once per
+// call with 16 rows per vector, and each element (float32) or pair (bfloat16) of a W
+// row is broadcast against them: every lane is one output, summed along k in order with
+// no lane sums. A row's result depends only on its own x and W, whatever M; for float32
+// it is another order than decoding's (`products="float32"`, prefill only).
 
-// x [M, K] as pairs: word (p, m) = (x[m, 2p], x[m, 2p + 1]) in `words [P][Mp]` (P =
-// ceil(K / 2), Mp = M rounded up to 16 with zero rows; an odd K's last pair has a zero
-// high half).
-struct PairsX {
+// x [M, K] by lanes: word (s, m) = step s of row m in `words [S][Mp]` (Mp = M rounded up
+// to 16 with zero rows): a float32 x[m, s] (S = K), or a bfloat16 pair (x[m, 2s],
+// x[m, 2s + 1]) (S = ceil(K / 2); an odd K's last pair has a zero high half).
+struct LanesX {
   const uint32_t* words;
   int64_t M, Mp, K;
 };
@@ -412,90 +414,154 @@ inline __m512i lane_times(int64_t stride) {
 
 inline __mmask16 first_lanes(int64_t n) { return n >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
-PairsX pairs_of(const uint16_t* x, int64_t M, int64_t K) {
+// Gathers `steps` words of every row, `bytes_per_step` apart within a row of `row_bytes`.
+const uint32_t* lanes_of(const void* x, int64_t M, int64_t steps, int64_t row_bytes, int64_t bytes_per_step) {
   thread_local std::vector<uint32_t> buf;  // the calling thread waits for every chunk
-  const int64_t P = (K + 1) / 2, full = K / 2, Mp = (M + kLanes - 1) / kLanes * kLanes;
-  buf.resize(P * Mp);
-  const __m512i down = lane_times(2 * K);  // bytes from one row to the next
+  const int64_t Mp = (M + kLanes - 1) / kLanes * kLanes;
+  buf.resize(steps * Mp);
+  const __m512i down = lane_times(row_bytes);
+  const char* base = static_cast<const char*>(x);
   for (int64_t m0 = 0; m0 < Mp; m0 += kLanes) {
     const __mmask16 live = first_lanes(M - m0);
-    for (int64_t p = 0; p < full; ++p)
-      _mm512_storeu_si512(buf.data() + p * Mp + m0,
-                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, down, x + m0 * K + 2 * p, 1));
-    if (K % 2)
-      for (int64_t i = 0; i < kLanes; ++i) buf[full * Mp + m0 + i] = m0 + i < M ? x[(m0 + i) * K + K - 1] : 0u;
+    for (int64_t s = 0; s < steps; ++s)
+      _mm512_storeu_si512(buf.data() + s * Mp + m0, _mm512_mask_i32gather_epi32(
+          _mm512_setzero_si512(), live, down, base + m0 * row_bytes + s * bytes_per_step, 1));
   }
-  return {buf.data(), M, Mp, K};
+  return buf.data();
 }
 
-// tile[(n + r) * Mp + m] for R rows of W (bfloat16, row-major, K each) from row n and V
-// vectors of x rows from m0.
+LanesX floats_of(const float* x, int64_t M, int64_t K) {
+  return {lanes_of(x, M, K, 4 * K, 4), M, (M + kLanes - 1) / kLanes * kLanes, K};
+}
+
+// tile[(n + r) * Mp + m] for R rows of W (float32, row-major, K each) from row n and V
+// vectors of x rows from m0: FMAs along k, in blocks of kSumBlock whose sums are then
+// added up (one running sum over all of K rounded several times more: 8x the dot-product
+// path's error on the 1.5B's K = 1536; in blocks, about the same as it).
+constexpr int64_t kSumBlock = 128;
+
 template <int R, int V>
-void pairs_block(const uint16_t* w, const PairsX& x, float* tile, int64_t n, int64_t m0) {
-  __m512 acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  const int64_t K = x.K, full = K / 2;
-  const uint32_t* xp = x.words + m0;
-  const uint16_t* wr = w + n * K;
-  auto step = [&](auto pair_of_row) {
-    __m512bh xv[V];
-    for (int v = 0; v < V; ++v) std::memcpy(&xv[v], xp + v * kLanes, sizeof xv[v]);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wb = (__m512bh)_mm512_set1_epi32(pair_of_row(r));
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
+struct FloatsBlock {
+  static void run(const float* w, const LanesX& x, float* tile, int64_t n, int64_t m0) {
+    const int64_t K = x.K;
+    const float* wr = w + n * K;
+    float* out[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) out[r][v] = tile + (n + r) * x.Mp + m0 + v * kLanes;
+    for (int64_t k0 = 0; k0 < K; k0 += kSumBlock) {
+      __m512 acc[R][V];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+      const uint32_t* xp = x.words + k0 * x.Mp + m0;
+      for (int64_t k = k0; k < std::min(K, k0 + kSumBlock); ++k, xp += x.Mp) {
+        __m512 xv[V];
+        for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(xp + v * kLanes);
+        for (int r = 0; r < R; ++r) {
+          const __m512 wb = _mm512_set1_ps(wr[r * K + k]);
+          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(wb, xv[v], acc[r][v]);
+        }
+      }
+      for (int r = 0; r < R; ++r)  // the tile holds the running sums of the blocks
+        for (int v = 0; v < V; ++v)
+          _mm512_storeu_ps(out[r][v], k0 ? _mm512_add_ps(_mm512_loadu_ps(out[r][v]), acc[r][v]) : acc[r][v]);
     }
-  };
-  for (int64_t p = 0; p < full; ++p, xp += x.Mp)
-    step([&](int r) {
-      int32_t pair;
-      std::memcpy(&pair, wr + r * K + 2 * p, sizeof pair);
-      return pair;
-    });
-  if (K % 2) step([&](int r) { return int32_t(wr[r * K + K - 1]); });  // high half zero, as in x
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(tile + (n + r) * x.Mp + m0 + v * kLanes, acc[r][v]);
+  }
+};
+
+#if defined(__AVX512BF16__)
+LanesX pairs_of(const uint16_t* x, int64_t M, int64_t K) {
+  const int64_t Mp = (M + kLanes - 1) / kLanes * kLanes;
+  const uint32_t* words = lanes_of(x, M, K / 2, 2 * K, 4);
+  if (K % 2) {  // the last pair: the last element and a zero
+    thread_local std::vector<uint32_t> buf;
+    buf.assign(words, words + (K / 2) * Mp);
+    buf.resize((K / 2 + 1) * Mp);
+    for (int64_t m = 0; m < Mp; ++m) buf[(K / 2) * Mp + m] = m < M ? x[m * K + K - 1] : 0u;
+    words = buf.data();
+  }
+  return {words, M, Mp, K};
 }
 
-constexpr int kPairRows = 6;  // rows of W per block: 6 x 4 accumulators, 4 x vectors and a broadcast
-constexpr int kPairVecs = 4;  // vectors of 16 x rows per block
+// As `FloatsBlock` for bfloat16 W and x pairs: one `vdpbf16ps` per pair.
+template <int R, int V>
+struct PairsBlock {
+  static void run(const uint16_t* w, const LanesX& x, float* tile, int64_t n, int64_t m0) {
+    __m512 acc[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    const int64_t K = x.K, full = K / 2;
+    const uint32_t* xp = x.words + m0;
+    const uint16_t* wr = w + n * K;
+    auto step = [&](auto pair_of_row) {
+      __m512bh xv[V];
+      for (int v = 0; v < V; ++v) std::memcpy(&xv[v], xp + v * kLanes, sizeof xv[v]);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh wb = (__m512bh)_mm512_set1_epi32(pair_of_row(r));
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
+      }
+    };
+    for (int64_t p = 0; p < full; ++p, xp += x.Mp)
+      step([&](int r) {
+        int32_t pair;
+        std::memcpy(&pair, wr + r * K + 2 * p, sizeof pair);
+        return pair;
+      });
+    if (K % 2) step([&](int r) { return int32_t(wr[r * K + K - 1]); });  // high half zero, as in x
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(tile + (n + r) * x.Mp + m0 + v * kLanes, acc[r][v]);
+  }
+};
+#endif
 
-template <int V, int... Rs>
-constexpr auto pairs_table(std::integer_sequence<int, Rs...>) {
-  return std::array<void (*)(const uint16_t*, const PairsX&, float*, int64_t, int64_t), sizeof...(Rs)>{
-      &pairs_block<Rs + 1, V>...};
+constexpr int kLaneRows = 6;  // rows of W per block: 6 x 4 accumulators, 4 x vectors and a broadcast
+constexpr int kLaneVecs = 4;  // vectors of 16 x rows per block
+
+template <template <int, int> class Block, typename W, int V, int... Rs>
+constexpr auto block_table(std::integer_sequence<int, Rs...>) {
+  return std::array<void (*)(const W*, const LanesX&, float*, int64_t, int64_t), sizeof...(Rs)>{
+      &Block<Rs + 1, V>::run...};
 }
 
 // y[m, j] for the `rows` rows of W at `w` (y at their first column) and every row of x.
-// The block writes a tile ([row][m], contiguous) that is copied into y after: y's rows
+// The blocks write a tile ([row][m], contiguous) that is copied into y after: y's rows
 // are N floats apart, and writing 16 of them per vector thrashes L1 when N is a power of two.
-void pairs_rows(const uint16_t* w, const PairsX& x, float* y, int64_t N, int64_t rows) {
-  static constexpr auto t1 = pairs_table<1>(std::make_integer_sequence<int, kPairRows>{});
-  static constexpr auto t2 = pairs_table<2>(std::make_integer_sequence<int, kPairRows>{});
-  static constexpr auto t3 = pairs_table<3>(std::make_integer_sequence<int, kPairRows>{});
-  static constexpr auto t4 = pairs_table<4>(std::make_integer_sequence<int, kPairRows>{});
+template <template <int, int> class Block, typename W>
+void lanes_rows(const W* w, const LanesX& x, float* y, int64_t N, int64_t rows) {
+  constexpr auto seq = std::make_integer_sequence<int, kLaneRows>{};
+  static constexpr auto t1 = block_table<Block, W, 1>(seq);
+  static constexpr auto t2 = block_table<Block, W, 2>(seq);
+  static constexpr auto t3 = block_table<Block, W, 3>(seq);
+  static constexpr auto t4 = block_table<Block, W, 4>(seq);
   thread_local std::vector<float> tile;
   tile.resize(rows * x.Mp);
-  for (int64_t m0 = 0; m0 < x.Mp; m0 += kPairVecs * kLanes) {
-    const int64_t vecs = std::min<int64_t>((x.Mp - m0) / kLanes, kPairVecs);
+  for (int64_t m0 = 0; m0 < x.Mp; m0 += kLaneVecs * kLanes) {
+    const int64_t vecs = std::min<int64_t>((x.Mp - m0) / kLanes, kLaneVecs);
     const auto& table = vecs == 4 ? t4 : vecs == 3 ? t3 : vecs == 2 ? t2 : t1;
-    for (int64_t n = 0; n < rows; n += kPairRows) table[std::min<int64_t>(rows - n, kPairRows) - 1](w, x, tile.data(), n, m0);
+    for (int64_t n = 0; n < rows; n += kLaneRows) table[std::min<int64_t>(rows - n, kLaneRows) - 1](w, x, tile.data(), n, m0);
   }
   for (int64_t m = 0; m < x.M; ++m)
     for (int64_t j = 0; j < rows; ++j) y[m * N + j] = tile[j * x.Mp + m];
 }
 
-// bfloat16 x against W's rows as bfloat16: `chunk(n0, n1)` gives rows [n0, n1) of W as a
-// row-major bfloat16 buffer (rounded or converted per chunk); `scale` as in `run`.
+// x against W's rows, `chunk(n0, n1)` giving rows [n0, n1) of W as a row-major buffer
+// (float32 for `FloatsBlock`, bfloat16 for `PairsBlock`: rounded or converted per chunk);
+// `scale` as in `run`.
+template <template <int, int> class Block, typename Chunk>
+void run_lanes(ffi::ThreadPool& pool, Chunk chunk, const LanesX& x, float* y, int64_t N, const float* scale = nullptr) {
+  parallel_chunks(pool, N, [&chunk, &x, y, N, scale](int64_t n0, int64_t n1) {
+    lanes_rows<Block>(chunk(n0, n1), x, y + n0, N, n1 - n0);
+    if (scale) apply_scale(scale, y, x.M, N, n0, n1);
+  });
+}
+
+#if defined(__AVX512BF16__)
+// bfloat16 x [M, K] against W's rows as bfloat16 (`products="bfloat16"` without AMX).
 template <typename Chunk>
 void run_pairs(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
                const float* scale = nullptr) {
-  const PairsX xp = pairs_of(x, M, K);
-  parallel_chunks(pool, N, [&chunk, &xp, y, M, N, scale](int64_t n0, int64_t n1) {
-    pairs_rows(chunk(n0, n1), xp, y + n0, N, n1 - n0);
-    if (scale) apply_scale(scale, y, M, N, n0, n1);
-  });
+  run_lanes<PairsBlock>(pool, chunk, pairs_of(x, M, K), y, N, scale);
 }
+#endif
 #endif
 
 // bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
@@ -566,7 +632,7 @@ void zero_padding(const ffi::AnyBuffer& x, const Shape& s, float* out) {
 // window's trailing padding, whose results nobody reads; rows are independent, so the
 // live rows' results are the same either way).
 ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
-                  ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y) {
+                  ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y, int32_t along_k) {
   Shape s;
   if (ffi::Error e = check_shape(x, w, layer, live, y, s); e.failure()) return e;
   const int64_t M = s.M, K = s.K, N = s.N, l = s.l, Nw = s.Nw;
@@ -576,9 +642,16 @@ ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
   const auto xt = x.element_type(), wt = w.element_type();
   const float* xf = static_cast<const float*>(x.untyped_data());
   const uint16_t* wh = static_cast<const uint16_t*>(w.untyped_data()) + l * Nw * K;
-  if (xt == ffi::DataType::F32 && wt == ffi::DataType::F32)
-    run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K, xf, out, M, K, N);
-  else if (xt == ffi::DataType::F32 && wt == ffi::DataType::BF16)
+  if (xt == ffi::DataType::F32 && wt == ffi::DataType::F32) {
+    const float* wf = static_cast<const float*>(w.untyped_data()) + l * Nw * K;
+#if defined(__AVX512F__)
+    if (along_k && M > 9) {  // `products="float32"` on prefill's rows
+      run_lanes<FloatsBlock>(pool, [wf, K](int64_t n0, int64_t) { return wf + n0 * K; }, floats_of(xf, M, K), out, N);
+      return ffi::Error::Success();
+    }
+#endif
+    run(pool, wf, xf, out, M, K, N);
+  } else if (xt == ffi::DataType::F32 && wt == ffi::DataType::BF16)
     run(pool, wh, xf, out, M, K, N);
   else if (xt == ffi::DataType::BF16 && wt == ffi::DataType::BF16)
 #if defined(__AVX512BF16__)
@@ -609,7 +682,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvec, matvec,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("along_k"));
 
 namespace {
 
@@ -786,7 +860,13 @@ const float* dequantized(const Blocks& b, int64_t n0, int64_t n1) {
 // 9 rows; more (prefill, compute-bound) make the chunk's float32 weights once and take
 // the float32 path (the same products in the same order).
 template <bool Nibbles>
-void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y, int64_t M, int64_t N) {
+void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y, int64_t M, int64_t N,
+                bool along_k = false) {
+#if defined(__AVX512F__)
+  if (along_k && M > 9)  // `products="float32"`: the chunk's float32 weights, each output summed along k
+    return run_lanes<FloatsBlock>(pool, [&b](int64_t n0, int64_t n1) { return dequantized<Nibbles>(b, n0, n1); },
+                                  floats_of(x, M, b.K), y, N);
+#endif
   static constexpr auto sweeps = block_sweeps<Nibbles>(std::make_integer_sequence<int, 9>{});
   parallel_chunks(pool, N, [&b, x, y, M, N](int64_t n0, int64_t n1) {
     if (M > 9) return rows(dequantized<Nibbles>(b, n0, n1), x, y + n0, M, b.K, N, 0, n1 - n0);
@@ -807,9 +887,10 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float
 #endif
 
 template <bool Nibbles>
-void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer& x, float* y, int64_t M, int64_t N) {
+void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer& x, float* y, int64_t M, int64_t N,
+                    bool along_k) {
   if (x.element_type() == ffi::DataType::F32)
-    return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N);
+    return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N, along_k);
   const uint16_t* xh = static_cast<const uint16_t*>(x.untyped_data());
 #if defined(__AVX512BF16__)
   run_blocks<Nibbles>(pool, b, xh, y, M, N);
@@ -827,7 +908,8 @@ void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer
 // x only): x is quantized to int8 per 32 and multiplied in integers (`int8_products.cc`).
 ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
                          ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::S32> kinds, ffi::Buffer<ffi::S32> layer,
-                         ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y, int32_t int8_products) {
+                         ffi::Buffer<ffi::S32> live, ffi::ResultBuffer<ffi::F32> y, int32_t int8_products,
+                         int32_t along_k) {
   const auto xd = x.dimensions(), cd = codes.dimensions(), sd = scales.dimensions();
   if ((x.element_type() != ffi::DataType::F32 && x.element_type() != ffi::DataType::BF16) ||
       codes.element_type() != ffi::DataType::U8)
@@ -857,9 +939,9 @@ ffi::Error matvec_blocks(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer 
       return ffi::Error::InvalidArgument("viasd matvec_blocks: int8 products take float32 x and K a multiple of 128");
     viasd::blocks_times_int8(pool, b, nibbles, static_cast<const float*>(x.untyped_data()), out, M, N);
   } else if (nibbles)
-    run_blocks_any<true>(pool, b, x, out, M, N);
+    run_blocks_any<true>(pool, b, x, out, M, N, along_k);
   else
-    run_blocks_any<false>(pool, b, x, out, M, N);
+    run_blocks_any<false>(pool, b, x, out, M, N, along_k);
   return ffi::Error::Success();
 }
 
@@ -876,7 +958,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdMatvecBlocks, matvec_blocks,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("int8_products"));
+                                  .Attr<int32_t>("int8_products")
+                                  .Attr<int32_t>("along_k"));
 
 namespace {
 
