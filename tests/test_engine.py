@@ -115,7 +115,7 @@ def test_a_windowed_drafter_is_lossless(target, near_drafter, which):
 
 @pytest.fixture
 def float32_drafter_prefill(monkeypatch):
-    """A model drafter prefilling on float32 products, as its rounds compute (programs
+    """A model drafter prefilling on float32 products, its rounds' precision (programs
     traced before or under the patch are dropped)."""
     from viasd_jax import decode as D
 

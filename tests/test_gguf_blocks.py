@@ -326,6 +326,8 @@ def test_block_loading_refuses_what_it_cannot_reproduce(twins, hf_dirs, tmp_path
         viasd_jax.load(hf_dirs["qwen2"], quantize="gguf")
     with pytest.raises(ValueError, match="dtype must be float32"):
         viasd_jax.load(path, quantize="gguf", dtype="bfloat16")
+    with pytest.raises(ValueError, match="float32 prefill multiplies"):  # decoding must keep decoding's sums
+        viasd_jax.load(path, quantize="gguf", products="float32")
     with pytest.raises(ValueError, match="not a readable GGUF"):
         bad = tmp_path / "bad.gguf"
         bad.write_bytes(b"GGUF" + b"\0" * 16)

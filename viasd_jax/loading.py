@@ -99,6 +99,9 @@ def load(path: str, dtype=None, verify: bool = True, mesh=None, quantize: str | 
     quantized to int8 per 32 values, in integers (llama.cpp's numerics: lossy against
     the float32 model, 1.3-1.8x faster forwards here; `cpu_matvec.matvec_blocks`).
     """
+    if products == "float32":
+        raise ValueError("products='float32' is how the engine's float32 prefill multiplies (decode.prefill sets "
+                         "it); a model takes products None, 'bfloat16' or 'int8'")
     if products is not None:
         from viasd_jax.layout import with_products
 
