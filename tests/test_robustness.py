@@ -145,15 +145,18 @@ def test_drafter_with_other_special_tokens_is_refused(target, tiny):
 @pytest.mark.parametrize("chunk", [1, 4, 7])
 def test_chunked_prefill_equals_one_forward(target, tiny, chunk):
     """Prefill in chunks of `chunk` tokens writes the same target and drafter caches as
-    one forward over the whole bucket, for ragged prompts (one shorter than a chunk)."""
+    one forward over the whole bucket, for ragged prompts (one shorter than a chunk), up
+    to float32 rounding: the kernel sums a chunk of more than 9 rows along k and fewer as
+    decoding does (another order; every mode prefills the same chunks, so exactness
+    between modes does not rest on this)."""
     prompts = [list(range(3, 3 + 23)), [9, 4], list(range(40, 40 + 13))]
     prep = prepare(target, prompts, mode="sd", drafter=tiny["llama"], gamma=2, max_new_tokens=4)
     whole = D.prefill(prep.state, prep.params, prep.config, bucket(23))
     parts = D.prefill(prep.state, prep.params, prep.config, chunk)
     for got, want in ((parts.cache, whole.cache), (parts.draft_cache, whole.draft_cache)):
         np.testing.assert_array_equal(got.lengths, [22, 1, 12])
-        np.testing.assert_allclose(got.k, want.k, atol=1e-5)
-        np.testing.assert_allclose(got.v, want.v, atol=1e-5)
+        np.testing.assert_allclose(got.k, want.k, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got.v, want.v, rtol=1e-4, atol=1e-5)
 
 
 def test_prompt_longer_than_the_prefill_chunk(target, lossless_modes, monkeypatch):
