@@ -14,10 +14,10 @@ loop over the layers (as `model.forward`'s scan runs them), best of `--repeats`.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
+from kernel_dtypes import best_seconds  # this directory (the script's own) is on sys.path
 
 from viasd_jax import cpu_matvec
 
@@ -32,21 +32,14 @@ def stack(layers: int, n: int, k: int, dtype, seed: int):
     return w.astype(dtype), None
 
 
-def best_seconds(products, x, operands, layers: int, repeats: int) -> float:
+def layer_seconds(products, x, operands, layers: int, repeats: int) -> float:
     """Best time of running every product of `products` once per layer, layer after layer."""
     def every_layer(x, operands):
         def body(i, s):
             return s + sum(cpu_matvec.matvec(x, w, i, None, scale)[0, 0] for w, scale in products(operands))
         return jax.lax.fori_loop(0, layers, body, 0.0)
 
-    run = jax.jit(every_layer)
-    run(x, operands).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(x, operands).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(jax.jit(every_layer), x, operands, repeats=repeats)
 
 
 def compare(layers: int, k: int, sizes: list[int], dtype, rows: int, repeats: int) -> tuple[float, float]:
@@ -55,8 +48,8 @@ def compare(layers: int, k: int, sizes: list[int], dtype, rows: int, repeats: in
     fused = (jnp.concatenate([w for w, _ in parts], axis=1),
              None if parts[0][1] is None else jnp.concatenate([s for _, s in parts], axis=1))
     x = jnp.ones((rows, k), jnp.float32)
-    separate = best_seconds(lambda ops: ops, x, parts, layers, repeats)
-    together = best_seconds(lambda ops: [ops], x, fused, layers, repeats)
+    separate = layer_seconds(lambda ops: ops, x, parts, layers, repeats)
+    together = layer_seconds(lambda ops: [ops], x, fused, layers, repeats)
     return separate, together
 
 

@@ -87,6 +87,17 @@ def weights_and_product(layers: int, n: int, k: int, w_dtype, x_dtype):
             w.nbytes + (scale.nbytes if scale is not None else 0))
 
 
+def best_seconds(run, *args, repeats: int) -> float:
+    """Best wall time of `run(*args)` over `repeats` calls, after one call to compile it."""
+    run(*args).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(*args).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) -> tuple[float, float]:
     """(seconds, GB/s) for one matvec per layer of a `[layers, n, k]` weight, one after
     another as a model's layers run (a loop: independent products in straight-line code
@@ -95,12 +106,7 @@ def stream_rate(layers: int, n: int, k: int, rows: int, dtypes, repeats: int) ->
     w, product, nbytes = weights_and_product(layers, n, k, w_dtype, x_dtype)
     x = jnp.ones((rows, k), jnp.float32 if x_dtype in ("int8", "bf16 products", "f32 along k") else x_dtype)
     every_layer = jax.jit(lambda x, w: jax.lax.fori_loop(0, layers, lambda i, s: s + product(x, w, i)[0, 0], 0.0))
-    every_layer(x, w).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        every_layer(x, w).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(every_layer, x, w, repeats=repeats)
     return best, nbytes / best / 1e9
 
 

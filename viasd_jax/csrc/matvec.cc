@@ -393,7 +393,7 @@ inline void apply_scale(const float* scale, float* y, int64_t M, int64_t N, int6
 // The dot-product sweeps above sum each output along k in 16 lanes, then add the lanes;
 // with prefill's many rows those lane sums and the partial sums kept between K blocks
 // cost about as much as the products (the bfloat16 sweeps reached 61% of oneDNN's rate,
-// float32 about 60% of the cores' FMA rate, on an AMD EPYC). Here x is laid out once per
+// float32 about numpy's BLAS rate, on an AMD EPYC). Here x is laid out once per
 // call with 16 rows per vector, and each element (float32) or pair (bfloat16) of a W
 // row is broadcast against them: every lane is one output, summed along k in order with
 // no lane sums. A row's result depends only on its own x and W, whatever M; for float32
@@ -414,11 +414,13 @@ inline __m512i lane_times(int64_t stride) {
 
 inline __mmask16 first_lanes(int64_t n) { return n >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
-// Gathers `steps` words of every row, `bytes_per_step` apart within a row of `row_bytes`.
-const uint32_t* lanes_of(const void* x, int64_t M, int64_t steps, int64_t row_bytes, int64_t bytes_per_step) {
+// Gathers `steps` words of every row, `bytes_per_step` apart within a row of `row_bytes`,
+// into a buffer of `steps + extra` steps (the caller fills the extra ones).
+uint32_t* lanes_of(const void* x, int64_t M, int64_t steps, int64_t row_bytes, int64_t bytes_per_step,
+                   int64_t extra = 0) {
   thread_local std::vector<uint32_t> buf;  // the calling thread waits for every chunk
   const int64_t Mp = (M + kLanes - 1) / kLanes * kLanes;
-  buf.resize(steps * Mp);
+  buf.resize((steps + extra) * Mp);
   const __m512i down = lane_times(row_bytes);
   const char* base = static_cast<const char*>(x);
   for (int64_t m0 = 0; m0 < Mp; m0 += kLanes) {
@@ -436,8 +438,8 @@ LanesX floats_of(const float* x, int64_t M, int64_t K) {
 
 // tile[(n + r) * Mp + m] for R rows of W (float32, row-major, K each) from row n and V
 // vectors of x rows from m0: FMAs along k, in blocks of kSumBlock whose sums are then
-// added up (one running sum over all of K rounded several times more: 8x the dot-product
-// path's error on the 1.5B's K = 1536; in blocks, about the same as it).
+// added up (one running sum over all of K rounds far more often than the dot-product
+// path's 16 partial sums; in blocks, its accuracy: tests/test_layout.py).
 constexpr int64_t kSumBlock = 128;
 
 template <int R, int V>
@@ -471,14 +473,9 @@ struct FloatsBlock {
 #if defined(__AVX512BF16__)
 LanesX pairs_of(const uint16_t* x, int64_t M, int64_t K) {
   const int64_t Mp = (M + kLanes - 1) / kLanes * kLanes;
-  const uint32_t* words = lanes_of(x, M, K / 2, 2 * K, 4);
-  if (K % 2) {  // the last pair: the last element and a zero
-    thread_local std::vector<uint32_t> buf;
-    buf.assign(words, words + (K / 2) * Mp);
-    buf.resize((K / 2 + 1) * Mp);
-    for (int64_t m = 0; m < Mp; ++m) buf[(K / 2) * Mp + m] = m < M ? x[m * K + K - 1] : 0u;
-    words = buf.data();
-  }
+  uint32_t* words = lanes_of(x, M, K / 2, 2 * K, 4, K % 2);
+  if (K % 2)  // the last pair: the last element and a zero
+    for (int64_t m = 0; m < Mp; ++m) words[(K / 2) * Mp + m] = m < M ? x[m * K + K - 1] : 0u;
   return {words, M, Mp, K};
 }
 
