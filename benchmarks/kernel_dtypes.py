@@ -53,7 +53,7 @@ PATHS = {  # name: (weight dtype, activation dtype)
     "bf16 w": (jnp.bfloat16, jnp.float32),
     "bf16 w+x": (jnp.bfloat16, jnp.bfloat16),
     "int8 w": (jnp.int8, jnp.float32),
-    "int8 w, bf16 x": (jnp.int8, jnp.bfloat16),
+    "int8 w bf16 x": (jnp.int8, jnp.bfloat16),
     "gguf nibbles": ("nibbles", jnp.float32),
     "gguf bytes": ("bytes", jnp.float32),
     "gguf nibbles x int8": ("nibbles", "int8"),

@@ -1,7 +1,5 @@
 """quantize="gguf": a GGUF's Q4_K / Q6_K codes multiply exactly as their float32 weights."""
 
-import platform
-import subprocess
 
 import numpy as np
 import pytest
@@ -50,6 +48,7 @@ def _block_weight(rng, kinds, n, k):
     return G._stack(per_layer, (len(kinds), n, k), stacked=True), np.stack(dense)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kinds", [("Q4_K", "Q4_K"), ("Q4_K", "Q6_K"), ("Q6_K", "Q6_K")],
                          ids=["nibbles", "mixed", "bytes"])
 def test_kernel_is_bitwise_the_float32_kernel(kinds):
@@ -98,6 +97,7 @@ def int8_reference(x: np.ndarray, dense: np.ndarray) -> np.ndarray:
     return (q * dx.astype(np.float64)).reshape(x.shape) @ dense.astype(np.float64).T
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kinds", [("Q4_K", "Q6_K"), ("Q6_K", "Q4_K")], ids=["nibbles", "bytes"])
 def test_int8_products_are_the_quantized_activations_product(kinds):
     """products="int8": each output is the product of the row's int8-quantized activations
@@ -128,45 +128,6 @@ def test_int8_products_are_the_quantized_activations_product(kinds):
     assert not part[3:].any()
     with pytest.raises(ValueError, match="multiplies GGUF codes"):
         cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(dense), 0, products="int8")
-
-
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
-@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])
-def test_kernel_compiles_for_each_vector_width(march):
-    """The kernel's scalar, AVX2 and AVX-512 paths all compile, whichever this CPU runs."""
-    import jax
-
-    from viasd_jax import cpu_matvec
-
-    flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC", "-march=native")]
-    cmd = [cpu_matvec._compiler(), *flags, f"-march={march}", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
-           *cpu_matvec.compiled()]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
-def test_int8_products_give_the_same_bits_for_every_vector_width(tmp_path):
-    """The int8 kernel's scalar, AVX2 and this CPU's builds (run outside XLA through
-    `benchmarks/int8_kernel_ab.py`'s harness) give the same bits: Q4_K with a half tile
-    at the end of K, Q6_K, decoding's, verification's and prefill's row counts."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "int8_kernel_ab.py")
-    spec = importlib.util.spec_from_file_location("int8_kernel_ab", path)
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
-    libs = [ab.build(ab.KERNEL, march, str(tmp_path)) for march in ("native", "x86-64", "x86-64-v3")]
-    rng = np.random.default_rng(3)
-    for nibbles in (True, False):
-        arrays = ab.random_codes(rng, nibbles, 53, 2304)  # Q4_K: 4.5 tiles of 512
-        for m in (1, 5, 12, 20):
-            x = rng.standard_normal((m, 2304)).astype(np.float32)
-            native, *others = (ab.run(lib, nibbles, arrays, x, 53, 1)[1] for lib in libs)
-            assert np.abs(native).max() > 0
-            for y in others:
-                np.testing.assert_array_equal(y.view(np.uint32), native.view(np.uint32))
 
 
 def _gguf_twin(hf_dir, path, rng, mixed_layers=(0, 3)):
@@ -221,6 +182,7 @@ def twins(tmp_path_factory):
     return dense, blocks, path
 
 
+@pytest.mark.kernel
 def test_block_model_generates_exactly_the_float32_model(twins):
     """Greedy tokens and every step's logits are the same bits; sd over the block target
     stays exact too. The head and the mixed stacks take the byte packing."""
@@ -264,6 +226,7 @@ def test_int8_products_keep_sd_equal_to_ar(twins):
         viasd_jax.load(path, products="int8")
 
 
+@pytest.mark.kernel
 def test_forward_scores_a_token_alike_one_at_a_time_and_in_windows(twins):
     """The whole forward (not only the kernel) gives a token the same logits and cached
     K/V bits alone as in windows of 3 or 6, for float32 weights, the codes and int8

@@ -1,7 +1,6 @@
 """Output-major weight layout and the compiled CPU kernel: the same model, the same numbers."""
 
 import dataclasses
-import platform
 import subprocess
 
 import numpy as np
@@ -108,6 +107,7 @@ def _reference(x, w, scale):
 KERNEL_PATHS = ["float32", "bfloat16", "bfloat16 activations", "int8", "int8, bfloat16 activations"]
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_matches_numpy_on_ragged_shapes(dtype):
     """Tails in every dimension: K not a multiple of the 16 vector lanes, N not of the
@@ -135,6 +135,7 @@ def test_kernel_matches_numpy_on_ragged_shapes(dtype):
                                rtol=1e-5, atol=tol)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_reads_the_first_rows_asked_for(dtype):
     """`rows` (a drafter's narrow head): the leading outputs, bitwise the full product's,
@@ -159,6 +160,7 @@ def test_kernel_reads_the_first_rows_asked_for(dtype):
             cpu_matvec.matvec(x, w, 0, None, scale, rows=bad)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
     """A row's result is bitwise the same alone or among 20 rows (prefill's K-blocked path):
@@ -183,11 +185,12 @@ def test_kernel_row_does_not_depend_on_its_neighbours(dtype):
         assert not part[live:].any()
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("k", [1100, 77], ids=["even-k", "odd-k"])
 @pytest.mark.parametrize("dtype", KERNEL_PATHS)
 def test_bfloat16_products_round_both_operands(dtype, k):
     """products="bfloat16" (prefill_dtype): x and float32 weights are rounded to bfloat16
-    (with AVX-512 BF16; without it float32 weights stay as they are) and the products
+    on every build (AVX-512 BF16 multiplies them, others widen them) and the products
     summed in float32: the numpy product of the rounded operands, not the float32 one,
     and a row's result does not depend on how many rows share the call. An odd K leaves
     a last k without its pair (the pair path multiplies k two at a time)."""
@@ -203,9 +206,8 @@ def test_bfloat16_products_round_both_operands(dtype, k):
                                    rng.standard_normal((101, k)).astype(np.float32))
     call = jax.jit(lambda x, w: cpu_matvec.matvec(x, w, jnp.int32(1), None, scale, products="bfloat16"))
     got = np.asarray(call(jnp.asarray(x), jnp.asarray(w)))
-    rounds_w = w.dtype == np.float32 and "avx512_bf16" in cpu_matvec._cpu_flags()
     x_bf = x.astype(ml_dtypes.bfloat16).astype(np.float64)
-    w_used = w[1].astype(ml_dtypes.bfloat16) if rounds_w else w[1]
+    w_used = w[1].astype(ml_dtypes.bfloat16) if w.dtype == np.float32 else w[1]
     want = _reference(x_bf, w_used.astype(np.float64), None if scale is None else scale[1])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())  # float32 sums of 1100
     if x.dtype == np.float32:  # the option changed the operands: not the float32 product
@@ -216,6 +218,7 @@ def test_bfloat16_products_round_both_operands(dtype, k):
         cpu_matvec.matvec(jnp.asarray(x), jnp.asarray(w), 0, None, scale, products="float16")
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("k", [1100, 77], ids=["even-k", "odd-k"])
 def test_float32_products_sum_prefill_rows_along_k(k):
     """products="float32" (float32 prefill on the kernel): more than 9 rows sum each
@@ -265,6 +268,7 @@ def test_amx_products_can_be_turned_off():
     assert on.stdout.split()[1] == "True"
 
 
+@pytest.mark.kernel
 def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):
     """The kernel layout looks up a bfloat16 model's embeddings by row (the same values
     as `jnp.take`), so the compiled program holds no float32 copy of the table: XLA's
@@ -283,20 +287,6 @@ def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_di
     v, d = m.params.embed.shape
     program = jax.jit(MD.embed, static_argnums=1).lower(m.params, m.config, tokens).compile().as_text()
     assert f"f32[{v},{d}]" not in program
-
-
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag")
-def test_kernel_compiles_without_avx512_bf16():
-    """Where the compiler may not use AVX-512 BF16, bfloat16 activations take the widening path."""
-    import jax
-
-    from viasd_jax import cpu_matvec
-
-    flags = [f for f in cpu_matvec.FLAGS if f not in ("-shared", "-fPIC")]
-    cmd = [cpu_matvec._compiler(), *flags, "-mno-avx512bf16", "-fsyntax-only", f"-I{jax.ffi.include_dir()}",
-           *cpu_matvec.compiled()]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 def test_kernel_layout_errors(tiny, monkeypatch, tmp_path):

@@ -5,8 +5,11 @@ XLA's CPU backend streams a decoding step's weights at about a quarter of this
 machine's memory bandwidth (docs/performance.md); the kernel multiplies the few
 activation rows of a decoding step by output-major weights at close to it. It is
 compiled on first use with the system's C++ compiler (`$CXX`, else `c++` / `g++`)
-for this CPU (`-march=native`) and cached under `~/.cache/viasd-jax/kernels`, keyed by
-the source, the jaxlib headers and the CPU's feature flags; then registered with
+for one named instruction-set level (`levels()`: the highest this CPU runs, or
+`$VIASD_KERNEL_ISA`), never `-march=native`, so the build that runs is one the test suite
+proves on any machine that can run it (tests/test_kernel_levels.py), and cached under
+`~/.cache/viasd-jax/kernels`, keyed by the source, the jaxlib headers, the compiler and
+the level; then registered with
 XLA as the FFI targets `viasd_matvec`, `viasd_matvec_int8`, `viasd_matvec_blocks` and
 `viasd_take_rows`.
 """
@@ -14,6 +17,7 @@ XLA as the FFI targets `viasd_matvec`, `viasd_matvec_int8`, `viasd_matvec_blocks
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import math
@@ -33,11 +37,87 @@ TARGET_BLOCKS = "viasd_matvec_blocks"
 TAKE_ROWS = "viasd_take_rows"
 SOURCES = tuple(os.path.join(os.path.dirname(__file__), "csrc", name)
                 for name in ("matvec.cc", "int8_products.cc", "amx_bf16.cc", "common.h"))
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+# -mtune=native schedules for this CPU (generic tuning ran prefill's products about 1.2x
+# slower on a Sapphire Rapids Xeon) without choosing instructions; -ffp-contract=off fuses
+# no multiply-add the code does not ask for, so tuning cannot change a result's bits.
+COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-mtune=native", "-ffp-contract=off")
+ISA_ENV = "VIASD_KERNEL_ISA"
 
 
 class KernelUnavailable(RuntimeError):
-    """The kernel cannot be built or used here (no compiler, not a CPU backend)."""
+    """The kernel cannot be built or used here (no compiler, not a CPU backend, a level
+    this CPU cannot run)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """An instruction-set level the kernel is built for: the compiler's flags, the CPU
+    flags (as /proc/cpuinfo spells them) that a machine needs to run the build, and the
+    kernel's features (`features()`) the build must report."""
+
+    name: str
+    flags: tuple[str, ...]
+    cpu_flags: tuple[str, ...]
+    features: frozenset[str]
+
+
+_V2 = ("cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3")
+_V3 = (*_V2, "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave")
+_V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+_BF16 = ("-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16")
+# x86-64, lowest first: each adds the instructions one of the kernel's paths takes. Every
+# build of the kernel is one of these (no -march=native), so what runs is what was tested.
+X86_LEVELS = (
+    Level("x86-64-v2", ("-march=x86-64-v2",), _V2, frozenset()),  # no AVX: generic 8-lane vectors
+    Level("avx2", ("-march=x86-64-v3",), _V3, frozenset({"avx2"})),
+    Level("avx512", ("-march=x86-64-v4",), _V4, frozenset({"avx2", "avx512"})),
+    Level("avx512-vnni", ("-march=x86-64-v4", "-mavx512vnni"), (*_V4, "avx512_vnni"),
+          frozenset({"avx2", "avx512", "vnni"})),
+    Level("avx512-bf16", _BF16, (*_V4, "avx512_vnni", "avx512_bf16"), frozenset({"avx2", "avx512", "vnni", "bf16"})),
+    Level("amx", (*_BF16, "-mamx-tile", "-mamx-bf16"), (*_V4, "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"),
+          frozenset({"avx2", "avx512", "vnni", "bf16", "amx"})),
+)
+NATIVE = Level("native", ("-march=native",), (), frozenset())  # other architectures: the compiler's choice
+_FEATURE_BITS = ("avx2", "avx512", "vnni", "bf16", "amx")  # ViasdKernelFeatures' bits, lowest first
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def levels() -> tuple[Level, ...]:
+    """The levels the kernel can be built for on this architecture, lowest first."""
+    return X86_LEVELS if _x86() else (NATIVE,)
+
+
+def missing_cpu_flags(level: Level) -> list[str]:
+    """The CPU flags `level` needs that this machine lacks (empty: it can run the build)."""
+    have = set(_cpu_flags().split())
+    return [f for f in level.cpu_flags if f not in have]
+
+
+def host_level() -> Level:
+    """The highest level this machine runs."""
+    runnable = [lv for lv in levels() if not missing_cpu_flags(lv)]
+    if not runnable:
+        raise KernelUnavailable(f"the CPU kernel needs at least {levels()[0].name}; this CPU lacks "
+                                f"{' '.join(missing_cpu_flags(levels()[0]))}")
+    return runnable[-1]
+
+
+def level() -> Level:
+    """The level this process builds the kernel for: `$VIASD_KERNEL_ISA` if set (a level
+    at or below the host's, e.g. to compare paths or sidestep one), else `host_level()`."""
+    asked = os.environ.get(ISA_ENV)
+    if not asked:
+        return host_level()
+    by_name = {lv.name: lv for lv in levels()}
+    if asked not in by_name:
+        raise KernelUnavailable(f"{ISA_ENV}={asked!r} is not a kernel level here; choose one of {', '.join(by_name)}")
+    missing = missing_cpu_flags(by_name[asked])
+    if missing:
+        raise KernelUnavailable(f"{ISA_ENV}={asked!r} needs CPU flags this machine lacks: {' '.join(missing)}")
+    return by_name[asked]
 
 
 def _compiler() -> str:
@@ -68,25 +148,36 @@ def compiled() -> list[str]:
     return [path for path in SOURCES if path.endswith(".cc")]
 
 
-def build() -> str:
-    """Path of the compiled library for this source, jaxlib and CPU (compiled if missing)."""
+def build(lv: Level | None = None) -> str:
+    """Path of the compiled library for this source, jaxlib, compiler and `lv` (default
+    `level()`), compiled if missing."""
     import jaxlib
 
+    lv = lv or level()
     cxx = _compiler()
+    flags = (*COMMON_FLAGS, *lv.flags)
     source = b"\0".join(open(path, "rb").read() for path in SOURCES)
-    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(FLAGS).encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"matvec-{key}.so")
+    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(flags).encode(),
+                                     _cpu_flags().encode(), platform.processor().encode()])).hexdigest()[:16]
+    path = os.path.join(_cache_dir(), f"matvec-{lv.name}-{key}.so")
     if os.path.exists(path):
         return path
     os.makedirs(_cache_dir(), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
+        objects = [os.path.join(tmp, os.path.basename(src) + ".o") for src in compiled()]
+        jobs = [subprocess.Popen([cxx, *flags, f"-I{jax.ffi.include_dir()}", "-c", src, "-o", obj],  # side by side
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for src, obj in zip(compiled(), objects)]
+        errors = [job.communicate()[1] for job in jobs]
+        failed = [(src, err) for src, err, job in zip(compiled(), errors, jobs) if job.returncode]
         out = os.path.join(tmp, "matvec.so")
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", *compiled(), "-o", out]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise KernelUnavailable(f"compiling {' '.join(compiled())} failed: {last}")
+        if not failed:
+            link = subprocess.run([cxx, *flags, *objects, "-o", out], capture_output=True, text=True)
+            failed = [] if link.returncode == 0 else [("linking", link.stderr)]
+        if failed:
+            src, err = failed[0]
+            last = (err.strip().splitlines() or ["(no output)"])[-1]
+            raise KernelUnavailable(f"compiling the CPU kernel for {lv.name} failed ({os.path.basename(src)}): {last}")
         os.replace(out, path)  # atomic: concurrent builders agree on the result
     return path
 
@@ -104,11 +195,19 @@ def amx_bf16() -> bool:
     return bool(_library().ViasdAmxBf16())
 
 
+def features() -> frozenset[str]:
+    """The instruction sets the loaded build may use: "avx2" (with FMA), "avx512" (F and
+    BW), "vnni", "bf16" (AVX-512 BF16) and "amx" (tiles compiled in; `amx_bf16` says
+    whether this process may use them)."""
+    bits = _library().ViasdKernelFeatures()
+    return frozenset(name for i, name in enumerate(_FEATURE_BITS) if bits >> i & 1)
+
+
 def bf16_dot_products() -> bool:
-    """Whether the kernel multiplies bfloat16 operands in hardware here (AVX-512 BF16, the
-    kernel being built with -march=native): then `products="bfloat16"` runs at about twice
-    float32's rate; elsewhere it only rounds the operands."""
-    return " avx512_bf16" in _cpu_flags()
+    """Whether the kernel multiplies bfloat16 operands in hardware here (a build with
+    AVX-512 BF16): then `products="bfloat16"` runs at about twice float32's rate;
+    elsewhere it computes the same products from widened operands, no faster."""
+    return "bf16" in features()
 
 
 @functools.cache

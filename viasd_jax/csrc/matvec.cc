@@ -173,6 +173,8 @@ inline void accumulate(const T* w, const X* x, Vec (&acc)[M][R], int64_t K, int6
         std::memcpy(&xv, x + m * K + k, sizeof xv);
         for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
       }
+#else
+      static_assert(!std::is_same_v<X, uint16_t>, "bfloat16 x needs AVX-512 BF16: callers widen it first");
 #endif
     } else if constexpr (std::is_same_v<T, uint16_t>) {
       Vec even[R], odd[R];
@@ -561,6 +563,22 @@ void run_pairs(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, 
 #endif
 #endif
 
+#if !defined(__AVX512BF16__)
+// bfloat16 x [M, K] against W's rows as bfloat16 (`chunk(n0, n1)`, rounded or converted
+// per chunk) where the build has no bfloat16 dot product: both operands widened to float32
+// (exactly) and multiplied in float32 FMAs, whose products of two bfloat16 are exact. The
+// same operands as `run_pairs` of an AVX-512 BF16 build, summed in this build's order.
+template <typename Chunk>
+void run_pairs(ffi::ThreadPool& pool, Chunk chunk, const uint16_t* x, float* y, int64_t M, int64_t K, int64_t N,
+               const float* scale = nullptr) {
+  const float* xs = split_pairs(widened(x, M * K), M, K);  // two buffers of the calling thread
+  parallel_chunks(pool, N, [&chunk, xs, y, M, K, N, scale](int64_t n0, int64_t n1) {
+    rows(chunk(n0, n1), xs, y + n0, M, K, N, 0, n1 - n0);
+    if (scale) apply_scale(scale, y, M, N, n0, n1);
+  });
+}
+#endif
+
 // bfloat16 x against float32 or int8 W on AMX tiles (`amx_bf16.cc`), whatever M: the
 // `products="bfloat16"` path of prefill where `viasd::amx_bf16_available()`.
 // `row(n)` gives W's row n (float32 or int8, K weights).
@@ -589,9 +607,7 @@ void run(ffi::ThreadPool& pool, const T* w, const X* x, float* y, int64_t M, int
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<X, float>) x = split_pairs(x, M, K);
   if constexpr (std::is_same_v<T, float> && std::is_same_v<X, uint16_t>) {  // products in bfloat16
     if (viasd::amx_bf16_available()) return run_amx(pool, rows_of(w, K), x, y, M, K, N);
-#if defined(__AVX512BF16__)
     run_pairs(pool, [w, K](int64_t n0, int64_t n1) { return rounded_bf16(w + n0 * K, (n1 - n0) * K); }, x, y, M, K, N);
-#endif
   } else {
     parallel_chunks(pool, N, [w, x, y, M, K, N, scale](int64_t n0, int64_t n1) {
       chunk_rows(w, x, y, M, K, N, n0, n1);
@@ -657,13 +673,8 @@ ffi::Error matvec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
     run(pool, wh, widened(static_cast<const uint16_t*>(x.untyped_data()), M * K), out, M, K, N);
 #endif
   else if (xt == ffi::DataType::BF16 && wt == ffi::DataType::F32)  // products in bfloat16: W rounded per chunk
-#if defined(__AVX512BF16__)
     run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K, static_cast<const uint16_t*>(x.untyped_data()),
         out, M, K, N);
-#else  // no dot-product instruction to gain from: float32 W against the widened x
-    run(pool, static_cast<const float*>(w.untyped_data()) + l * Nw * K,
-        widened(static_cast<const uint16_t*>(x.untyped_data()), M * K), out, M, K, N);
-#endif
   else
     return ffi::Error::InvalidArgument("viasd matvec: weights must be float32 or bfloat16, and activations "
                                        "float32 or bfloat16");
@@ -704,19 +715,19 @@ ffi::Error matvec_int8(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer q,
   if (s.M == 0) return ffi::Error::Success();
   const int8_t* ql = static_cast<const int8_t*>(q.untyped_data()) + s.l * s.Nw * s.K;
   const float* sl = scale.typed_data() + s.l * s.Nw;
+  const uint16_t* xh = static_cast<const uint16_t*>(x.untyped_data());
   if (xt == ffi::DataType::F32)
     run(pool, ql, static_cast<const float*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
+  else if (bf16_products && viasd::amx_bf16_available())
+    run_amx(pool, rows_of(ql, s.K), xh, out, s.M, s.K, s.N, sl);
+  else if (bf16_products)
+    run_pairs(pool, [ql, K = s.K](int64_t n0, int64_t n1) { return as_bf16(ql + n0 * K, (n1 - n0) * K); }, xh, out,
+              s.M, s.K, s.N, sl);
   else
 #if defined(__AVX512BF16__)
-    if (bf16_products && viasd::amx_bf16_available())
-      run_amx(pool, rows_of(ql, s.K), static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
-    else if (bf16_products)
-      run_pairs(pool, [ql, K = s.K](int64_t n0, int64_t n1) { return as_bf16(ql + n0 * K, (n1 - n0) * K); },
-                static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
-    else
-      run(pool, ql, static_cast<const uint16_t*>(x.untyped_data()), out, s.M, s.K, s.N, sl);
-#else
-    run(pool, ql, widened(static_cast<const uint16_t*>(x.untyped_data()), s.M * s.K), out, s.M, s.K, s.N, sl);
+    run(pool, ql, xh, out, s.M, s.K, s.N, sl);
+#else  // int8 weights are exact in bfloat16: the widened x against them is the same product
+    run(pool, ql, widened(xh, s.M * s.K), out, s.M, s.K, s.N, sl);
 #endif
   return ffi::Error::Success();
 }
@@ -871,7 +882,6 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const float* x, float* y
   });
 }
 
-#if defined(__AVX512BF16__)
 // bfloat16 activations (`products="bfloat16"`): each chunk's float32 weights, made as
 // above, are rounded to bfloat16 and multiplied as pairs (`run_pairs`), whatever M.
 template <bool Nibbles>
@@ -881,19 +891,13 @@ void run_blocks(ffi::ThreadPool& pool, const Blocks& b, const uint16_t* x, float
   run_pairs(pool, [&b](int64_t n0, int64_t n1) { return rounded_bf16(dequantized<Nibbles>(b, n0, n1), (n1 - n0) * b.K); },
             x, y, M, b.K, N);
 }
-#endif
 
 template <bool Nibbles>
 void run_blocks_any(ffi::ThreadPool& pool, const Blocks& b, const ffi::AnyBuffer& x, float* y, int64_t M, int64_t N,
                     bool along_k) {
   if (x.element_type() == ffi::DataType::F32)
     return run_blocks<Nibbles>(pool, b, static_cast<const float*>(x.untyped_data()), y, M, N, along_k);
-  const uint16_t* xh = static_cast<const uint16_t*>(x.untyped_data());
-#if defined(__AVX512BF16__)
-  run_blocks<Nibbles>(pool, b, xh, y, M, N);
-#else  // no dot-product instruction to gain from: the float32 weights against the widened x
-  run_blocks<Nibbles>(pool, b, widened(xh, M * b.K), y, M, N);
-#endif
+  run_blocks<Nibbles>(pool, b, static_cast<const uint16_t*>(x.untyped_data()), y, M, N);
 }
 
 // x [M, K] float32 against codes [N, C] or [L, N, C] (uint8) with scales and mins
@@ -984,3 +988,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ViasdTakeRows, take_rows,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::AnyBuffer>());
+
+// For Python (`cpu_matvec.features`): the instruction sets this build may use, one bit
+// each, so that a test can tell that a build is the level it was asked for.
+extern "C" int ViasdKernelFeatures() {
+  int bits = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  bits |= 1;
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  bits |= 2;
+#endif
+#if defined(__AVX512VNNI__)
+  bits |= 4;
+#endif
+#if defined(__AVX512BF16__)
+  bits |= 8;
+#endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+  bits |= 16;
+#endif
+  return bits;
+}
