@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from viasd_jax import defaults
 from viasd_jax.cli import default_draft_stop, default_drafter_dtype, default_drafter_quantize, main
 
 
@@ -78,14 +79,31 @@ def test_generate_drafts_in_bfloat16_under_a_float32_target():
 
 def test_generate_stops_drafting_early_in_sd_with_a_model_drafter():
     drafter = object()  # a loaded Model
-    assert default_draft_stop(None, "sd", drafter) == 0.5
-    assert default_draft_stop(0.0, "sd", drafter) == 0.0  # asked for always-gamma drafting
-    assert default_draft_stop(None, "via", drafter) == 0.0  # not measured there
-    assert default_draft_stop(None, "sd", "lookup") == default_draft_stop(None, "sd", "self") == 0.0
+    cpu = defaults.CPU["amx"]
+    assert default_draft_stop(None, "sd", drafter, cpu) == cpu.draft_stop == 0.5
+    assert default_draft_stop(0.0, "sd", drafter, cpu) == 0.0  # asked for always-gamma drafting
+    assert default_draft_stop(None, "via", drafter, cpu) == 0.0  # not measured there
+    assert default_draft_stop(None, "sd", "lookup", cpu) == default_draft_stop(None, "sd", "self", cpu) == 0.0
 
 
-def test_generate_drafts_with_int8_matrices_under_a_float32_target():
-    assert default_drafter_quantize(None, np.dtype("float32"), None) == "int8"
-    assert default_drafter_quantize("none", np.dtype("float32"), None) is None  # asked for float matrices
-    assert default_drafter_quantize(None, np.dtype("bfloat16"), None) is None
-    assert default_drafter_quantize(None, np.dtype("float32"), "int8") == "int8"  # as the target
+def test_generate_drafts_with_int8_matrices_under_a_float32_target_where_the_cpu_makes_it_pay():
+    fast, avx2 = defaults.CPU["avx512-bf16"], defaults.CPU["avx2"]
+    assert default_drafter_quantize(None, np.dtype("float32"), None, fast) == "int8"
+    assert default_drafter_quantize(None, np.dtype("float32"), None, avx2) is None  # widening int8 costs there
+    assert default_drafter_quantize("none", np.dtype("float32"), None, fast) is None  # asked for float matrices
+    assert default_drafter_quantize(None, np.dtype("bfloat16"), None, fast) is None
+    assert default_drafter_quantize(None, np.dtype("float32"), "int8", avx2) == "int8"  # as the target
+
+
+def test_cpu_defaults_cover_every_kernel_level_and_name_their_runs():
+    from viasd_jax import cpu_matvec
+
+    assert {lv.name for lv in (*cpu_matvec.X86_LEVELS, cpu_matvec.NATIVE)} == set(defaults.CPU)
+    root = os.path.dirname(os.path.dirname(__file__))
+    for choice in {*defaults.CPU.values(), defaults.NO_KERNEL}:
+        assert choice.quantize in (None, "gguf") and choice.drafter_quantize in (None, "int8")
+        for run in choice.measured.split(", "):
+            assert run.startswith("docs/") == os.path.isfile(os.path.join(root, run)), run
+    assert defaults.CPU["avx2"].quantize is None  # the codes were no faster than float32 there
+    with pytest.raises(ValueError, match="no CPU defaults for kernel level 'sse9'"):
+        defaults.cpu("sse9")

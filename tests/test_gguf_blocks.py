@@ -182,7 +182,6 @@ def twins(tmp_path_factory):
     return dense, blocks, path
 
 
-@pytest.mark.kernel
 def test_block_model_generates_exactly_the_float32_model(twins):
     """Greedy tokens and every step's logits are the same bits; sd over the block target
     stays exact too. The head and the mixed stacks take the byte packing."""
@@ -226,7 +225,6 @@ def test_int8_products_keep_sd_equal_to_ar(twins):
         viasd_jax.load(path, products="int8")
 
 
-@pytest.mark.kernel
 def test_forward_scores_a_token_alike_one_at_a_time_and_in_windows(twins):
     """The whole forward (not only the kernel) gives a token the same logits and cached
     K/V bits alone as in windows of 3 or 6, for float32 weights, the codes and int8
@@ -306,10 +304,13 @@ def test_generate_keeps_gguf_codes_by_default_where_they_apply(twins, hf_dirs, t
     Q6_K matrices, and float weights for anything else."""
     from viasd_jax.cli import target_quantize
 
+    from viasd_jax import defaults
+
     _, _, path = twins
-    assert G.codes_usable(path) and target_quantize("auto", path, None, "auto") == "gguf"
+    assert G.codes_usable(path) and target_quantize("auto", path, None, "auto", defaults.CPU["amx"]) == "gguf"
+    assert target_quantize("auto", path, None, "auto", defaults.CPU["avx2"]) is None  # the codes do not pay there
     assert not G.codes_usable(path, dtype="bfloat16") and not G.codes_usable(path, layout="input-major")
-    assert target_quantize("auto", hf_dirs["qwen2"], None, "auto") is None  # no GGUF file behind it
+    assert target_quantize("auto", hf_dirs["qwen2"], None, "auto", defaults.CPU["amx"]) is None  # no GGUF behind it
     assert target_quantize("none", path, None, "auto") is None and target_quantize("int8", path, None, "auto") == "int8"
     other = str(tmp_path / "f32.gguf")  # float matrices: nothing to keep
     writer = gguf.GGUFWriter(other, "qwen2")

@@ -19,7 +19,7 @@ import pytest
 from viasd_jax import cpu_matvec
 
 # the modules holding tests marked `kernel`: a level run collects only these
-KERNEL_MODULES = ("test_layout.py", "test_gguf_blocks.py", "test_q4_codes.py", "test_kernel_levels.py")
+KERNEL_MODULES = ("test_layout.py", "test_gguf_blocks.py", "test_kernel_levels.py")
 BITS_ENV = "VIASD_TEST_KERNEL_BITS"  # where `test_int8_products_bits` saves its outputs (set by the level runs)
 
 

@@ -268,7 +268,6 @@ def test_amx_products_can_be_turned_off():
     assert on.stdout.split()[1] == "True"
 
 
-@pytest.mark.kernel
 def test_bfloat16_embedding_lookup_reads_rows_without_converting_the_table(hf_dirs):
     """The kernel layout looks up a bfloat16 model's embeddings by row (the same values
     as `jnp.take`), so the compiled program holds no float32 copy of the table: XLA's

@@ -59,7 +59,6 @@ def _dequantized(model):
     return dataclasses.replace(model, params=params_from_leaves(cfg, leaves))
 
 
-@pytest.mark.kernel
 def test_q4_model_multiplies_exactly_its_dequantized_weights(wide):
     _, _, q4 = wide
     layers = q4.params.layers

@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from viasd_jax import fetch
+from viasd_jax import defaults, fetch
+from viasd_jax.defaults import CpuDefaults
 from viasd_jax.decode import PREFILL_DTYPES
 from viasd_jax.layout import LAYOUTS
 from viasd_jax.loading import CODES
@@ -71,54 +72,57 @@ def load_drafter(spec: str | None, dtype=None, quantize=None, layout="auto", pro
 
 
 def default_drafter_dtype(requested: str | None, target_dtype, dtype: str | None, quantize: str | None,
-                          drafter_quantize: str | None = None):
-    """The drafter's dtype for `viasd generate`: `requested` if given; else bfloat16 under a
-    float32, unquantized target (a drafter only proposes: lossless output is unchanged, and
-    sd ran 1.13x faster per request on the 48 dev prompts, docs/performance.md; lossy via's
-    tier-A accepts read the drafter, so its text may change: agreement 0.822 either way on
-    6 prompts); else `dtype` (None keeps the checkpoint's). A drafter on its GGUF codes
+                          drafter_quantize: str | None = None, cpu: CpuDefaults | None = None):
+    """The drafter's dtype for `viasd generate`: `requested` if given; else, under a
+    float32 target on float weights or its GGUF codes, this CPU's default
+    (`defaults.cpu()`: bfloat16, half the bytes; a drafter only proposes, so lossless output
+    is unchanged); else `dtype` (None keeps the checkpoint's). A drafter on its GGUF codes
     or our 4-bit codes (`drafter_quantize` "gguf" or "q4") is float32."""
     if requested:
         return requested
     if drafter_quantize in CODES:  # codes multiply float32 activations
         return None
     if quantize in (None, "gguf") and str(target_dtype) == "float32":
-        return "bfloat16"
+        return (cpu or defaults.cpu()).drafter_dtype
     return dtype
 
 
-def default_drafter_quantize(requested: str | None, target_dtype, quantize: str | None):
+def default_drafter_quantize(requested: str | None, target_dtype, quantize: str | None,
+                             cpu: CpuDefaults | None = None):
     """The drafter's quantization for `viasd generate`: `requested` if given ("none": float
-    matrices); else `quantize` if the target is quantized; else int8 under a float32 target
-    (its matrices int8 over bfloat16 activations: a drafter only proposes, so lossless output
-    is unchanged; docs/performance.md has the speed it buys)."""
+    matrices); else `quantize` if the target is quantized; else this CPU's default under a
+    float32 target (`defaults.cpu()`: int8 where the kernel's instruction set makes it
+    pay, docs/cpu.md)."""
     if requested:
         return None if requested == "none" else requested
     if quantize not in (None, "gguf"):  # a gguf target is the exact float32 model: as float32
         return quantize
-    return "int8" if str(target_dtype) == "float32" else None
+    return (cpu or defaults.cpu()).drafter_quantize if str(target_dtype) == "float32" else None
 
 
-def target_quantize(requested: str | None, target: str, dtype: str | None, layout: str) -> str | None:
+def target_quantize(requested: str | None, target: str, dtype: str | None, layout: str,
+                    cpu: CpuDefaults | None = None) -> str | None:
     """The target's `quantize` for `viasd generate`: "auto" keeps a GGUF model's own codes
-    where the CPU kernel can multiply them (`gguf_blocks.codes_usable`: the same output bit
-    for bit as float32, 2.2x faster decoding on this CPU, docs/performance.md), else None;
+    where this CPU's defaults take them (`defaults.cpu()`) and the kernel can multiply them
+    (`gguf_blocks.codes_usable`: the same output bit for bit as float32), else None;
     "none" is None."""
     if requested == "auto":
         from viasd_jax import gguf_blocks
 
+        if (cpu or defaults.cpu()).quantize != "gguf":
+            return None
         return "gguf" if gguf_blocks.codes_usable(target, dtype, layout) else None
     return None if requested in (None, "none") else requested
 
 
-def default_draft_stop(requested: float | None, mode: str, drafter) -> float:
-    """`--draft-stop` as given, else 0.5 for sd with a model drafter (1.09x gamma 4 on
-    decoding over the 48 dev prompts on the GGUF codes, neutral on the float32 target;
-    docs/performance.md) and 0 (always gamma) elsewhere, where it was not measured."""
+def default_draft_stop(requested: float | None, mode: str, drafter, cpu: CpuDefaults | None = None) -> float:
+    """`--draft-stop` as given, else this CPU's default for sd with a model drafter
+    (`defaults.cpu()`, docs/cpu.md) and 0 (always gamma) elsewhere, where it was not
+    measured."""
     if requested is not None:
         return requested
     model_drafter = drafter is not None and not isinstance(drafter, str)  # not "self" / "lookup"
-    return 0.5 if mode == "sd" and model_drafter else 0.0
+    return (cpu or defaults.cpu()).draft_stop if mode == "sd" and model_drafter else 0.0
 
 
 def cmd_generate(args) -> None:
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a model drafter: use prompt-lookup drafts when they offer >= this many tokens")
     g.add_argument("--draft-stop", type=float, default=None,
                    help="stop drafting once the drafter's top probability is below this (0: always gamma; "
-                        "default 0.5 in sd mode with a model drafter, else 0)")
+                        "default: this CPU's (docs/cpu.md) in sd mode with a model drafter, else 0)")
     g.add_argument("--draft-vocab", type=int, default=None,
                    help="the drafter proposes only token ids below this; its LM head reads only those rows "
                         "(exact output; default: the whole vocabulary)")
@@ -319,12 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gguf: the target's own GGUF Q4_K/Q6_K codes, multiplied exactly as its float32 weights "
                         "(a registered model or .gguf; CPU); int8: weight-only matrices (target and drafter; lossy); "
                         "q4: 4-bit codes made here, a scale and min per 32 weights (CPU; lossy); "
-                        "none: float weights; auto (default): gguf where it applies, else none")
+                        "none: float weights; auto (default): gguf where it applies and this CPU's instruction set "
+                        "makes it pay (docs/cpu.md), else none")
     g.add_argument("--products", choices=["int8"], default=None,
                    help="int8: the target's GGUF codes meet activations quantized to int8 per 32 values, multiplied "
                         "in integers (llama.cpp's numerics; lossy, faster; needs gguf or q4 codes)")
     g.add_argument("--drafter-quantize", choices=["int8", "gguf", "q4", "none"], default=None,
-                   help="the drafter's matrices (default: int8 under a float32 target, else as --quantize; gguf: "
+                   help="the drafter's matrices (default: this CPU's under a float32 target, docs/cpu.md, "
+                        "else as --quantize; gguf: "
                         "its own GGUF codes; q4: 4-bit codes made here); a drafter only proposes, so lossless "
                         "output is unchanged")
     g.add_argument("--drafter-products", choices=["int8"], default=None,

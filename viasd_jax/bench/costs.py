@@ -92,15 +92,16 @@ def measure(target, drafter=None, gamma: int = 4, slim_route=None, repeats: int 
     bandwidth = read_bandwidth()
     weights = streamed_bytes(target)
     out.update(bandwidth_gbs=bandwidth / 1e9, weight_gb=weights / 1e9, floor_tok_s=bandwidth / weights)
-    out["amx_bf16"] = _amx_bf16()
+    out.update(_kernel())
     return out
 
 
-def _amx_bf16() -> bool:
-    """Whether bfloat16 prefill products run on AMX tiles on this machine (it changes their speed)."""
+def _kernel() -> dict:
+    """The CPU kernel's instruction-set level and whether bfloat16 prefill products run on
+    AMX tiles here (both change its speed); nothing where the kernel is unavailable."""
     from viasd_jax import cpu_matvec
 
     try:
-        return cpu_matvec.amx_bf16()
+        return {"kernel_level": cpu_matvec.level().name, "amx_bf16": cpu_matvec.amx_bf16()}
     except cpu_matvec.KernelUnavailable:
-        return False
+        return {"amx_bf16": False}

@@ -36,6 +36,8 @@ def bounds_line(b: dict) -> str:
         parts.append(f"slim pass {b['slim_cost']:.2f}")
     parts.append(f"bandwidth {b['bandwidth_gbs']:.1f} GB/s, weights {b['weight_gb']:.2f} GB/token, "
                  f"floor {b['floor_tok_s']:.2f} tok/s")
+    if b.get("kernel_level"):
+        parts.append(f"CPU kernel built for {b['kernel_level']}")
     if b.get("amx_bf16"):
         parts.append("bfloat16 prefill products on AMX tiles")
     return "costs (in target forwards): " + "; ".join(parts)
